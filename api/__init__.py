@@ -1,0 +1,45 @@
+"""HTTP routes: one blueprint per resource, registered by the app factory."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask, Response, jsonify
+
+from middleware.trace import current_trace_id
+from model.base import success
+from model.errors import ValidationError
+
+# The seed's node API carries small JSON documents; the /v1 proxy has its own
+# limit (NVLLM_MAX_PROXY_BODY) for long prompts.
+API_MAX_BODY = 64 * 1024
+
+
+def register_blueprints(app: Flask) -> None:
+    from api.health import bp as health_bp
+    from api.node import bp as node_bp
+    from api.user import bp as user_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(user_bp)
+    app.register_blueprint(node_bp)
+
+
+def ok(data: Any) -> Response:
+    """The success envelope."""
+    return jsonify(success(data, current_trace_id()))
+
+
+def json_body() -> Any:
+    """The request's JSON (an empty body counts as {}). Raises ValidationError
+    for a body that is not JSON, whatever the Content-Type says."""
+    from flask import request
+
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("body", "must be valid JSON") from None

@@ -1,0 +1,72 @@
+"""Node routes, at the seed's paths under /api/node/node/."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+
+from api import json_body, ok
+from middleware.auth import require_role
+from middleware.redis_client import get_stores
+from service import node as nodes
+
+bp = Blueprint("node", __name__, url_prefix="/api/node/node")
+
+
+def _now() -> float:
+    return get_stores().clock()
+
+
+def _retention() -> int:
+    return current_app.config["NVLLM"].node_retention
+
+
+@bp.post("/register")
+@require_role("worker")
+def register() -> Response:
+    node = nodes.register(get_stores().nodes, json_body(), now=_now())
+    return ok(node.to_dict(_now()))
+
+
+@bp.put("/update/<node_id>")
+@require_role("worker")
+def update(node_id: str) -> Response:
+    now = _now()
+    node = nodes.update(get_stores().nodes, node_id, json_body(), now=now)
+    return ok(node.to_dict(now))
+
+
+@bp.delete("/delete/<node_id>")
+@require_role("worker")
+def delete(node_id: str) -> Response:
+    nodes.delete(get_stores().nodes, node_id)
+    return ok({"node_id": node_id, "deleted": True})
+
+
+@bp.get("/get_node/<node_id>")
+@require_role("user")
+def get_node(node_id: str) -> Response:
+    now = _now()
+    node = nodes.get(get_stores().nodes, node_id, now=now, retention=_retention())
+    return ok(node.to_dict(now))
+
+
+@bp.get("/status/<node_id>")
+@require_role("user")
+def status(node_id: str) -> Response:
+    data = nodes.status(get_stores().nodes, node_id, now=_now(), retention=_retention())
+    return ok(data)
+
+
+@bp.get("/all")
+@require_role("user")
+def all_nodes() -> Response:
+    now = _now()
+    found = nodes.list_nodes(
+        get_stores().nodes,
+        now=now,
+        retention=_retention(),
+        status=request.args.get("status"),
+        model=request.args.get("model"),
+        node_type=request.args.get("type"),
+    )
+    return ok([n.to_dict(now) for n in found])

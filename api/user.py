@@ -1,0 +1,82 @@
+"""Login, and user management for admins."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+
+from api import json_body, ok
+from middleware.auth import require_role
+from middleware.redis_client import get_stores
+from model.errors import ValidationError
+from model.user import validate_username
+from service import user as users
+
+bp = Blueprint("user", __name__, url_prefix="/api/user")
+
+MAX_TOKEN_TTL = 10 * 365 * 86400
+
+
+def _settings():
+    return current_app.config["NVLLM"]
+
+
+@bp.post("/login")
+def login() -> Response:
+    settings = _settings()
+    stores = get_stores()
+    user = users.login(
+        stores.users,
+        json_body(),
+        client_addr=request.remote_addr or "unknown",
+        max_failures=settings.login_max_failures,
+        window=settings.login_window,
+    )
+    token = stores.tokens.issue(user, settings.token_ttl)
+    return ok({"token": token, "expires_in": settings.token_ttl, "role": user.role.value})
+
+
+@bp.get("/all")
+@require_role("admin")
+def all_users() -> Response:
+    return ok([u.to_dict() for u in users.list_users(get_stores().users)])
+
+
+@bp.post("/register")
+@require_role("admin")
+def register() -> Response:
+    stores = get_stores()
+    user = users.create_user(
+        stores.users, json_body(), now=stores.clock(), hash_n=_settings().password_hash_n
+    )
+    return ok(user.to_dict())
+
+
+@bp.put("/update/<username>")
+@require_role("admin")
+def update(username: str) -> Response:
+    user = users.update_user(
+        get_stores().users, username, json_body(), hash_n=_settings().password_hash_n
+    )
+    return ok(user.to_dict())
+
+
+@bp.delete("/delete/<username>")
+@require_role("admin")
+def delete(username: str) -> Response:
+    users.delete_user(get_stores().users, username)
+    return ok({"username": username, "deleted": True})
+
+
+@bp.post("/token/<username>")
+@require_role("admin")
+def mint_token(username: str) -> Response:
+    """A long-lived token for a worker's agent: {"ttl": seconds}, default 1 year."""
+    body = json_body()
+    if not isinstance(body, dict) or set(body) - {"ttl"}:
+        raise ValidationError("body", 'may only hold "ttl"')
+    ttl = body.get("ttl", 365 * 86400)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= MAX_TOKEN_TTL:
+        raise ValidationError("ttl", f"must be an integer between 60 and {MAX_TOKEN_TTL}")
+    stores = get_stores()
+    user = users.get_user(stores.users, validate_username(username))
+    return ok({"token": stores.tokens.issue(user, ttl), "expires_in": ttl, "role": user.role.value})

@@ -1,0 +1,147 @@
+"""Settings: read from the environment once, validated, frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTING_POLICIES = ("load", "round_robin", "random", "least_inflight")
+
+
+class SettingsError(ValueError):
+    """A variable of the environment holds a value nvllm cannot use."""
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _optional_text(name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _env(var: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": var, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything nvllm can be told. Each field names its environment variable."""
+
+    host: str = _env("NVLLM_HOST", _text, "127.0.0.1", "address to listen on")
+    port: int = _env("NVLLM_PORT", _int(1, 65535), 5000, "port to listen on")
+    workers: int = _env("NVLLM_WORKERS", _int(1, 64), 1, "server worker processes")
+    debug: bool = _env("NVLLM_DEBUG", _bool, False, "Flask debug mode (never in production)")
+    log_level: str = _env(
+        "NVLLM_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"
+    )
+    log_json: bool = _env("NVLLM_LOG_JSON", _bool, False, "one JSON object per log line")
+
+    redis_url: str | None = _env(
+        "REDIS_URL", _optional_text, None, "external Redis/Valkey; unset = embedded store"
+    )
+    redis_prefix: str = _env("NVLLM_REDIS_PREFIX", _text, "nvllm", "prefix of every Redis key")
+    redis_timeout: float = _env(
+        "NVLLM_REDIS_TIMEOUT", _float(0.05, 60), 2.0, "Redis connect/read timeout, seconds"
+    )
+    data_dir: str = _env("NVLLM_DATA_DIR", _text, "./data", "embedded store's data directory")
+
+    jwt_secret: str | None = _env(
+        "NVLLM_JWT_SECRET", _optional_text, None, "token signing secret; unset = generated once"
+    )
+    token_ttl: int = _env(
+        "NVLLM_TOKEN_TTL", _int(60, 10 * 365 * 86400), 12 * 3600, "login token lifetime, s"
+    )
+    admin_password: str | None = _env(
+        "NVLLM_ADMIN_PASSWORD", _optional_text, None, "bootstrap admin's password"
+    )
+    login_max_failures: int = _env(
+        "NVLLM_LOGIN_MAX_FAILURES", _int(1, 10_000), 5, "failed logins before 429"
+    )
+    login_window: int = _env(
+        "NVLLM_LOGIN_WINDOW", _int(1, 86400), 300, "failed-login counting window, s"
+    )
+    cors_origins: tuple[str, ...] = _env(
+        "NVLLM_CORS_ORIGINS", _origins, (), "comma-separated origins allowed by CORS"
+    )
+
+    node_retention: int = _env(
+        "NVLLM_NODE_RETENTION", _int(0, 365 * 86400), 3600, "how long expired nodes stay, s"
+    )
+
+    # scrypt's work factor. Not an environment variable: production keeps the
+    # default; tests turn it down so a login costs microseconds.
+    password_hash_n: int = 2**15
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Parse every known variable; raise SettingsError naming a bad one."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            var = spec.metadata.get("env")
+            if var is not None and var in env:
+                values[spec.name] = spec.metadata["parse"](var, env[var])
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def documented_variables() -> list[tuple[str, Any, str]]:
+    """(variable, default, meaning) for every setting read from the environment."""
+    return [
+        (spec.metadata["env"], spec.default, spec.metadata["doc"])
+        for spec in dataclasses.fields(Settings)
+        if "env" in spec.metadata
+    ]

@@ -1,0 +1,59 @@
+"""Every Redis key nvllm uses, on one screen.
+
+Ids that reach a key are validated first (node ids and usernames match
+patterns without ':', '*', '?', '[' or whitespace), so no key can collide with
+another or act as a glob.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "nvllm") -> None:
+        self.prefix = prefix
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # nodes
+    def node(self, node_id: str) -> str:
+        """Hash: one node's fields (model/node.py Node.to_redis)."""
+        return self._key("node", node_id)
+
+    def nodes_by_expiry(self) -> str:
+        """Sorted set: node_id scored by update_time + timeout (epoch seconds)."""
+        return self._key("nodes")
+
+    def inflight(self) -> str:
+        """Hash: node_id -> requests in flight to it, summed over all instances."""
+        return self._key("inflight")
+
+    def inflight_lease(self, instance_id: str) -> str:
+        """Hash: node_id -> this instance's share of `inflight`; expires with the
+        instance, so a crashed instance's share can be given back."""
+        return self._key("inflight", "instance", instance_id)
+
+    def instances(self) -> str:
+        """Sorted set: balancer instance id scored by its lease expiry."""
+        return self._key("instances")
+
+    def probe_lock(self, node_id: str) -> str:
+        """String with TTL: the instance that polls this node this interval."""
+        return self._key("probe", node_id)
+
+    # users
+    def user(self, username: str) -> str:
+        """Hash: username, role, password_hash, token_version, create_time."""
+        return self._key("user", username)
+
+    def users(self) -> str:
+        """Set: every username."""
+        return self._key("users")
+
+    def login_failures(self, kind: str, who: str) -> str:
+        """Counter with TTL: failed logins per `user` name or per client `addr`."""
+        return self._key("login_failures", kind, who)
+
+    def jwt_secret(self) -> str:
+        """String: the generated token secret shared by every instance."""
+        return self._key("secret", "jwt")

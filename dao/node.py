@@ -1,0 +1,82 @@
+"""NodeStore: node hashes plus a sorted set indexing them by expiry."""
+
+from __future__ import annotations
+
+import redis
+
+from dao.errors import storage_errors
+from dao.keys import Keys
+from dao.lua import pairs_to_dict, register
+from model.node import Node, changes_to_redis
+
+
+class NodeStore:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._register = register(client, "register_node")
+        self._update = register(client, "update_node")
+        self._purge = register(client, "purge_node")
+
+    @storage_errors
+    def save(self, node: Node) -> Node:
+        """Upsert atomically; an existing node keeps its create_time."""
+        args: list[str | float] = [node.node_id, node.expires_at]
+        for item in node.to_redis().items():
+            args.extend(item)
+        flat = self._register(keys=[self.keys.node(node.node_id), self.keys.nodes_by_expiry()], args=args)
+        return Node.from_redis(pairs_to_dict(flat) or {})
+
+    @storage_errors
+    def update(self, node_id: str, changes: dict, now: float) -> Node | None:
+        """Apply validated changes and refresh update_time, only if the node
+        exists (checked inside Redis). None when it does not."""
+        args: list[str | float] = [node_id, repr(now)]
+        for item in changes_to_redis(changes).items():
+            args.extend(item)
+        flat = self._update(keys=[self.keys.node(node_id), self.keys.nodes_by_expiry()], args=args)
+        mapping = pairs_to_dict(flat)
+        return Node.from_redis(mapping) if mapping else None
+
+    @storage_errors
+    def load(self, node_id: str) -> Node | None:
+        mapping = self.client.hgetall(self.keys.node(node_id))
+        return Node.from_redis(mapping) if mapping else None
+
+    @storage_errors
+    def load_all(self) -> list[Node]:
+        """Every indexed node: one ZRANGE and one pipelined HGETALL per node."""
+        ids = self.client.zrange(self.keys.nodes_by_expiry(), 0, -1)
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for node_id in ids:
+            pipe.hgetall(self.keys.node(node_id))
+        return [Node.from_redis(m) for m in pipe.execute() if m]
+
+    @storage_errors
+    def delete(self, node_id: str) -> bool:
+        """Remove the node, its index entry and its in-flight count in one MULTI."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.node(node_id))
+        pipe.zrem(self.keys.nodes_by_expiry(), node_id)
+        pipe.hdel(self.keys.inflight(), node_id)
+        deleted, _, _ = pipe.execute()
+        return bool(deleted)
+
+    @storage_errors
+    def purge_expired(self, cutoff: float) -> list[str]:
+        """Forget nodes whose expiry is at or before `cutoff`; return their ids."""
+        index = self.keys.nodes_by_expiry()
+        purged = []
+        for node_id in self.client.zrangebyscore(index, "-inf", cutoff):
+            keys = [self.keys.node(node_id), index, self.keys.inflight()]
+            if self._purge(keys=keys, args=[node_id, cutoff]):
+                purged.append(node_id)
+        return purged
+
+    @storage_errors
+    def inflight(self) -> dict[str, int]:
+        """Requests in flight per node, summed over every balancer instance."""
+        raw = self.client.hgetall(self.keys.inflight())
+        return {node_id: max(0, int(count)) for node_id, count in raw.items()}

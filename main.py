@@ -1,0 +1,203 @@
+"""nvllm: create_app() and the `python main.py` command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import redis
+from flask import Flask, request
+from flask_cors import CORS
+
+from config import Settings, SettingsError
+
+log = logging.getLogger("nvllm")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis_client: redis.Redis | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the app. Tests pass settings, a (fake) Redis client and a clock."""
+    from api import register_blueprints
+    from api.errors import register_error_handlers
+    from middleware.redis_client import init_redis
+    from middleware.trace import init_trace
+
+    settings = settings or Settings.from_env(os.environ)
+    app = Flask("nvllm")
+    app.config["NVLLM"] = settings
+    app.debug = settings.debug
+    # The seed's envelope order, and the seed's "GPU节点1" as written.
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    init_trace(app)
+    init_body_limits(app)
+    init_cors(app, settings)
+    stores = init_redis(app, settings, redis_client, clock)
+    register_blueprints(app)
+    register_error_handlers(app)
+    bootstrap_admin(stores, settings)
+    return app
+
+
+def init_body_limits(app: Flask) -> None:
+    from api import API_MAX_BODY
+
+    @app.before_request
+    def limit_api_bodies() -> None:
+        if request.path.startswith("/api/"):
+            # Enforced by werkzeug while reading, so chunked bodies are capped too.
+            request.max_content_length = API_MAX_BODY
+
+
+def init_cors(app: Flask, settings: Settings) -> None:
+    """CORS only for the origins an operator listed; none by default."""
+    if settings.cors_origins:
+        CORS(
+            app,
+            origins=list(settings.cors_origins),
+            expose_headers=["X-Trace-ID", "X-NVLLM-Node", "X-NVLLM-Route"],
+        )
+
+
+def bootstrap_admin(stores, settings: Settings) -> None:
+    """First start with no users: create `admin`. A generated password goes to
+    the console once, never to the log."""
+    from model.errors import StorageUnavailable
+    from service.user import bootstrap_admin as create_first_admin
+
+    try:
+        generated = create_first_admin(
+            stores.users, settings.admin_password, now=stores.clock(), hash_n=settings.password_hash_n
+        )
+    except StorageUnavailable:
+        log.warning("storage unavailable at startup; admin bootstrap skipped")
+        return
+    if generated:
+        print(
+            f"nvllm: created user 'admin' with password {generated}\n"
+            "nvllm: this password is shown once; set NVLLM_ADMIN_PASSWORD to choose your own.",
+            flush=True,
+        )
+
+
+# --- command line ---
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python main.py", description="nvllm load balancer")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the service (the default)")
+    for p in (parser, serve):
+        p.add_argument("--host", help="listen address (NVLLM_HOST, default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="listen port (NVLLM_PORT, default 5000)")
+        p.add_argument("--debug", action="store_true", help="Flask debug mode; never in production")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="add a user; the password is read from the terminal or stdin")
+    add.add_argument("username")
+    add.add_argument("--role", default="user", choices=["admin", "worker", "user"])
+    user.add_parser("list", help="list users")
+    remove = user.add_parser("remove", help="remove a user and revoke its tokens")
+    remove.add_argument("username")
+    passwd = user.add_parser("passwd", help="change a password and revoke the user's tokens")
+    passwd.add_argument("username")
+
+    token = commands.add_parser("token", help="mint a long-lived token (for a worker's agent)")
+    token.add_argument("username")
+    token.add_argument("--ttl", default="365d", help="lifetime: seconds, or with s/m/h/d (default 365d)")
+    return parser.parse_args(argv)
+
+
+def parse_duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return int(text[:-1]) * units[text[-1]]
+        return int(text)
+    except ValueError:
+        raise SettingsError(f"--ttl must be a number of seconds or like 30d, got {text!r}") from None
+
+
+def read_password(prompt: str) -> str:
+    """From the terminal without echo, or the first line of stdin when piped."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != first:
+            raise SettingsError("passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def run_user_command(args: argparse.Namespace, settings: Settings) -> int:
+    """User management against the same store the service uses."""
+    from model.errors import NvllmError
+    from server.store import open_store
+    from service import user as users
+
+    with open_store(settings) as redis_url:
+        app = create_app(settings.replace(redis_url=redis_url))
+        stores = app.extensions["nvllm"]
+        try:
+            if args.command == "token":
+                user = users.get_user(stores.users, args.username)
+                print(stores.tokens.issue(user, parse_duration(args.ttl)))
+            elif args.action == "list":
+                for u in users.list_users(stores.users):
+                    print(f"{u.username}\t{u.role.value}\t{u.to_dict()['create_time']}")
+            elif args.action == "add":
+                payload = {"username": args.username, "role": args.role,
+                           "password": read_password(f"password for {args.username}: ")}
+                users.create_user(stores.users, payload, now=time.time(), hash_n=settings.password_hash_n)
+                print(f"added {args.username} ({args.role})")
+            elif args.action == "remove":
+                users.delete_user(stores.users, args.username)
+                print(f"removed {args.username}; its tokens stop working within seconds")
+            elif args.action == "passwd":
+                payload = {"password": read_password(f"new password for {args.username}: ")}
+                users.update_user(stores.users, args.username, payload, hash_n=settings.password_hash_n)
+                print(f"password of {args.username} changed; its old tokens stop working within seconds")
+        except NvllmError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = Settings.from_env(os.environ)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if getattr(args, "debug", False):
+            overrides["debug"] = True
+        settings = settings.replace(**overrides)
+    except (SettingsError, AttributeError) as exc:
+        print(f"nvllm: {exc}", file=sys.stderr)
+        return 2
+
+    from middleware.logs import init_logging
+
+    init_logging(settings.log_level, settings.log_json)
+    if args.command in ("user", "token"):
+        try:
+            return run_user_command(args, settings)
+        except SettingsError as exc:
+            print(f"nvllm: {exc}", file=sys.stderr)
+            return 2
+
+    from server.http import serve
+
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Request plumbing: trace ids, JWT checks, logging and the Redis client."""

@@ -1,0 +1,49 @@
+"""JWT decorator: require_role(minimum) checks the Bearer token and the role."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from middleware.redis_client import get_stores
+from model.errors import Forbidden, Unauthorized
+from model.user import Role
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Each role may do what the roles after it may.
+RANK = {Role.ADMIN: 3, Role.WORKER: 2, Role.USER: 1}
+
+
+def bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    return token.strip()
+
+
+def authenticate(minimum: Role) -> None:
+    """Verify the request's token and put its claims on g.
+    Raises Unauthorized (no, bad, expired, revoked) or Forbidden (role)."""
+    claims = get_stores().tokens.verify(bearer_token())
+    g.user = claims
+    if RANK[claims.role] < RANK[minimum]:
+        raise Forbidden(f"role {claims.role.value!r} may not do this; needs {minimum.value!r}")
+
+
+def require_role(minimum: str) -> Callable[[F], F]:
+    role = Role(minimum)
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            authenticate(role)
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator

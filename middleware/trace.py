@@ -1,0 +1,68 @@
+"""Trace ids: accept a sane X-Trace-ID or make one; echo it; log with it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, has_request_context, request
+
+TRACE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+HEADER = "X-Trace-ID"
+
+access_log = logging.getLogger("nvllm.access")
+
+
+def current_trace_id() -> str:
+    """The request's trace id; '-' outside a request."""
+    if has_request_context():
+        return getattr(g, "trace_id", None) or _accept_or_make()
+    return "-"
+
+
+def _accept_or_make() -> str:
+    offered = request.headers.get(HEADER, "")
+    trace_id = offered if TRACE_ID_PATTERN.match(offered) else uuid.uuid4().hex
+    g.trace_id = trace_id
+    return trace_id
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds `trace_id` to every record, so every line of a request carries it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.trace_id = current_trace_id()
+        return True
+
+
+def init_trace(app: Flask) -> None:
+    @app.before_request
+    def start() -> None:
+        g.started = time.perf_counter()
+        _accept_or_make()
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        response.headers[HEADER] = current_trace_id()
+        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        # Streams are logged when they end (api/proxy.py), not when they start.
+        if not response.is_streamed:
+            log_request(response.status_code, elapsed_ms)
+        return response
+
+
+def log_request(status: int, elapsed_ms: float, **extra: object) -> None:
+    """The one access-log line of a request."""
+    fields = " ".join(f"{k}={v}" for k, v in extra.items())
+    access_log.info(
+        "%s %s %d %.1fms%s",
+        request.method,
+        request.path,
+        status,
+        elapsed_ms,
+        f" {fields}" if fields else "",
+        extra={"http": {"method": request.method, "path": request.path, "status": status,
+                        "ms": round(elapsed_ms, 1), **extra}},
+    )

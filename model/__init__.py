@@ -1,0 +1,1 @@
+"""Data models and the error tree; imports nothing else of nvllm."""

@@ -1,0 +1,121 @@
+"""The error tree. Every error a client may see is one of these.
+
+    NvllmError                      500, generic text
+    ├── BadRequest                  400
+    │   └── ValidationError         400, names the field
+    ├── Unauthorized                401, WWW-Authenticate: Bearer
+    ├── Forbidden                   403
+    ├── NotFound                    404
+    │   ├── NodeNotFound
+    │   └── UserNotFound
+    ├── Conflict                    409
+    ├── PayloadTooLarge             413
+    ├── TooManyRequests             429, Retry-After
+    └── Unavailable                 503, Retry-After
+        ├── StorageUnavailable      Redis unreachable
+        └── NoRoutableNode          no node can take the request
+
+Each carries its HTTP `code`, a message safe to show a client, and the extra
+headers that go with it. `api/errors.py` is the one place that turns them into
+responses.
+"""
+
+from __future__ import annotations
+
+
+class NvllmError(Exception):
+    code = 500
+    message = "internal server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(NvllmError):
+    code = 400
+    message = "bad request"
+
+
+class ValidationError(BadRequest):
+    """A field of the request is missing, of the wrong type or out of range."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Unauthorized(NvllmError):
+    code = 401
+    message = "missing or invalid token"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(NvllmError):
+    code = 403
+    message = "your role may not do this"
+
+
+class NotFound(NvllmError):
+    code = 404
+    message = "not found"
+
+
+class NodeNotFound(NotFound):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node {node_id!r} not found")
+        self.node_id = node_id
+
+
+class UserNotFound(NotFound):
+    def __init__(self, username: str) -> None:
+        super().__init__(f"user {username!r} not found")
+
+
+class Conflict(NvllmError):
+    code = 409
+    message = "conflict"
+
+
+class PayloadTooLarge(NvllmError):
+    code = 413
+    message = "request body too large"
+
+
+class _RetryLater(NvllmError):
+    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRequests(_RetryLater):
+    code = 429
+    message = "too many failed logins; try again later"
+
+
+class Unavailable(_RetryLater):
+    code = 503
+    message = "service unavailable"
+
+
+class StorageUnavailable(Unavailable):
+    message = "storage unavailable; try again shortly"
+
+
+class NoRoutableNode(Unavailable):
+    def __init__(self, model: str | None = None, retry_after: int = 1) -> None:
+        what = f"for model {model!r}" if model else "at all"
+        super().__init__(f"no routable node {what}", retry_after)
+        self.model = model

@@ -1,0 +1,1 @@
+"""What the product does: plain arguments in, models out; never imports Flask."""

@@ -1,0 +1,96 @@
+"""Node registry: register, heartbeat, read, list and delete vLLM nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dao.node import NodeStore
+from model.errors import NodeNotFound, ValidationError
+from model.node import Node, NodeStatus, validate_changes, validate_node_id
+
+
+def register(store: NodeStore, payload: Any, *, now: float) -> Node:
+    """Upsert: a node registering again under its id keeps its create_time."""
+    return store.save(Node.from_payload(payload, now=now))
+
+
+def update(store: NodeStore, node_id: str, payload: Any, *, now: float) -> Node:
+    """Change only the fields sent, merge node_info field by field, and count as a
+    heartbeat. Raises NodeNotFound, and never recreates a deleted node."""
+    validate_node_id(node_id)
+    changes = validate_changes(payload, allow_id=False)
+    node = store.update(node_id, changes, now)
+    if node is None:
+        raise NodeNotFound(node_id)
+    return node
+
+
+def delete(store: NodeStore, node_id: str) -> None:
+    """Raises NodeNotFound when there is nothing to delete."""
+    validate_node_id(node_id)
+    if not store.delete(node_id):
+        raise NodeNotFound(node_id)
+
+
+def get(store: NodeStore, node_id: str, *, now: float, retention: float) -> Node:
+    """A node, expired or not, until its retention runs out. Raises NodeNotFound."""
+    validate_node_id(node_id)
+    node = store.load(node_id)
+    if node is None or _retention_over(node, now, retention):
+        raise NodeNotFound(node_id)
+    return node
+
+
+def status(
+    store: NodeStore,
+    node_id: str,
+    *,
+    now: float,
+    retention: float,
+    failing: bool = False,
+) -> dict[str, Any]:
+    """The node plus live fields: alive, seconds_since_update, routable, inflight."""
+    node = get(store, node_id, now=now, retention=retention)
+    data = node.to_dict(now)
+    data["alive"] = node.alive(now)
+    data["seconds_since_update"] = round(max(0.0, now - node.update_time), 3)
+    data["routable"] = node.routable(now) and not failing
+    data["inflight"] = store.inflight().get(node_id, 0)
+    return data
+
+
+def list_nodes(
+    store: NodeStore,
+    *,
+    now: float,
+    retention: float,
+    status: str | None = None,
+    model: str | None = None,
+    node_type: str | None = None,
+) -> list[Node]:
+    """Every node sorted by node_id, after forgetting those past retention.
+    `status` filters on the status as shown (an expired node is offline)."""
+    wanted = _status_filter(status)
+    store.purge_expired(now - retention)
+    nodes = [n for n in store.load_all() if not _retention_over(n, now, retention)]
+    nodes = [
+        n
+        for n in nodes
+        if (wanted is None or n.effective_status(now) is wanted)
+        and n.serves(model)
+        and (node_type is None or n.node_type == node_type)
+    ]
+    return sorted(nodes, key=lambda n: n.node_id)
+
+
+def _status_filter(status: str | None) -> NodeStatus | None:
+    if status is None:
+        return None
+    try:
+        return NodeStatus(status)
+    except ValueError:
+        raise ValidationError("status", "must be one of online, offline, draining") from None
+
+
+def _retention_over(node: Node, now: float, retention: float) -> bool:
+    return now > node.expires_at + retention
