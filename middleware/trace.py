@@ -9,7 +9,8 @@ import uuid
 
 from flask import Flask, Response, g, has_request_context, request
 
-TRACE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# \Z, not $: $ also matches before a trailing newline.
+TRACE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 HEADER = "X-Trace-ID"
 
 access_log = logging.getLogger("nvllm.access")

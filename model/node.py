@@ -15,10 +15,11 @@ from typing import Any
 from model.errors import ValidationError
 
 # A node id becomes part of a Redis key, so it may never hold ':', '*', '?',
-# '[' or whitespace (see dao/keys.py).
-NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-NODE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-HOST_LABEL_PATTERN = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# '[' or whitespace (see dao/keys.py). \Z, not $: $ also matches before a
+# trailing newline.
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+NODE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+HOST_LABEL_PATTERN = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 MAX_REMARK = 256
 MAX_MODELS = 64
 MAX_MODEL_NAME = 256
@@ -87,7 +88,13 @@ def _address_field(value: Any) -> str:
         pass
     host = text[:-1] if text.endswith(".") else text
     labels = host.split(".")
-    if 0 < len(host) <= 253 and all(HOST_LABEL_PATTERN.match(label) for label in labels):
+    # An all-numeric last label is a mistyped IPv4 address (192.168.1.300),
+    # never a host name (RFC 3696, section 2).
+    if (
+        0 < len(host) <= 253
+        and all(HOST_LABEL_PATTERN.match(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
         return text
     raise ValidationError("node_address", "must be an IPv4/IPv6 address or a DNS host name")
 

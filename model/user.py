@@ -14,7 +14,8 @@ from typing import Any
 from model.errors import ValidationError
 
 # A username becomes part of a Redis key: same rule as node ids (dao/keys.py).
-USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: $ also matches before a trailing newline.
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
