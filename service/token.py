@@ -58,12 +58,20 @@ class TokenService:
                 token,
                 self._secret(),
                 algorithms=[ALGORITHM],  # pinned: 'none' and RS/HS confusion are refused
-                options={"require": ["sub", "role", "iat", "exp"]},
+                # Times are checked below against our clock, not PyJWT's wall clock.
+                options={
+                    "require": ["sub", "role", "iat", "exp"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("invalid token") from None
+        exp = claims["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            raise Unauthorized("invalid token")
+        if exp <= self._clock():
+            raise Unauthorized("token expired")
         user = self._user(str(claims["sub"]))
         if user is None or user.token_version != claims.get("ver", 0):
             raise Unauthorized("token revoked")
