@@ -67,13 +67,15 @@ class TokenService:
             )
         except jwt.InvalidTokenError:
             raise Unauthorized("invalid token") from None
-        exp = claims["exp"]
-        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        exp, iat = claims["exp"], claims["iat"]
+        if any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in (exp, iat)):
             raise Unauthorized("invalid token")
         if exp <= self._clock():
             raise Unauthorized("token expired")
         user = self._user(str(claims["sub"]))
-        if user is None or user.token_version != claims.get("ver", 0):
+        # A token older than its user belongs to a removed namesake: a user
+        # removed and created again starts at token_version 0 once more.
+        if user is None or user.token_version != claims.get("ver", 0) or iat < int(user.create_time):
             raise Unauthorized("token revoked")
         return Claims(user.username, user.role)
 
