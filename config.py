@@ -119,6 +119,40 @@ class Settings:
         "NVLLM_NODE_RETENTION", _int(0, 365 * 86400), 3600, "how long expired nodes stay, s"
     )
 
+    routing: str = _env(
+        "NVLLM_ROUTING", _choice(*ROUTING_POLICIES), "load", "routing policy for /v1 requests"
+    )
+    affinity_slack: float = _env(
+        "NVLLM_AFFINITY_SLACK", _float(0, 100), 0.5,
+        "prefix affinity holds while the affine node costs <= (1+slack) x the cheapest",
+    )
+    fleet_refresh: float = _env(
+        "NVLLM_FLEET_REFRESH", _float(0.05, 10), 0.5, "seconds between fleet-view refreshes"
+    )
+    eject_after: int = _env(
+        "NVLLM_EJECT_AFTER", _int(1, 100), 3, "consecutive failures that eject a node"
+    )
+    upstream_connect_timeout: float = _env(
+        "NVLLM_UPSTREAM_CONNECT_TIMEOUT", _float(0.05, 60), 2.0, "connect timeout to a node, s"
+    )
+    upstream_first_byte_timeout: float = _env(
+        "NVLLM_UPSTREAM_FIRST_BYTE_TIMEOUT", _float(0.1, 3600), 30.0,
+        "streamed requests: wait this long for a node's response headers, s",
+    )
+    upstream_read_timeout: float = _env(
+        "NVLLM_UPSTREAM_READ_TIMEOUT", _float(0.1, 86400), 300.0,
+        "longest silence from a node mid-answer (and a whole non-streamed answer), s",
+    )
+    upstream_retries: int = _env(
+        "NVLLM_UPSTREAM_RETRIES", _int(0, 10), 2, "other nodes tried before the first byte"
+    )
+    upstream_api_key: str | None = _env(
+        "NVLLM_UPSTREAM_API_KEY", _optional_text, None, "sent to nodes started with --api-key"
+    )
+    max_proxy_body: int = _env(
+        "NVLLM_MAX_PROXY_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024, "largest /v1 request body, bytes"
+    )
+
     # scrypt's work factor. Not an environment variable: production keeps the
     # default; tests turn it down so a login costs microseconds.
     password_hash_n: int = 2**15

@@ -32,24 +32,63 @@ def create_app(
     from middleware.trace import init_trace
 
     settings = settings or Settings.from_env(os.environ)
-    app = Flask("nvllm")
+    app = Flask("nvllm", static_folder=None)
     app.config["NVLLM"] = settings
     app.debug = settings.debug
     # The seed's envelope order, and the seed's "GPU节点1" as written.
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     init_trace(app)
-    init_body_limits(app)
+    init_body_limits(app, settings)
     init_cors(app, settings)
     stores = init_redis(app, settings, redis_client, clock)
+    init_balancer(app, settings, stores)
     register_blueprints(app)
     register_error_handlers(app)
     bootstrap_admin(stores, settings)
     return app
 
 
-def init_body_limits(app: Flask) -> None:
+def init_balancer(app: Flask, settings: Settings, stores) -> None:
+    """The fleet view, the routing policy and the forwarding proxy."""
+    import urllib3
+
+    from service.balancer import make_policy
+    from service.fleet import Fleet
+    from service.proxy import Proxy, UpstreamConfig
+
+    http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
+
+    def healthy(node) -> bool:
+        try:
+            answer = http.request("GET", node.url + "/health", timeout=1.0, retries=False)
+        except (urllib3.exceptions.HTTPError, OSError):
+            return False
+        return answer.status == 200
+
+    fleet = Fleet(
+        stores.nodes,
+        stores.inflight,
+        refresh_interval=settings.fleet_refresh,
+        eject_after=settings.eject_after,
+        clock=stores.clock,
+        health_check=healthy,
+    )
+    options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
+    config = UpstreamConfig(
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        first_byte_timeout=settings.upstream_first_byte_timeout,
+        retries=settings.upstream_retries,
+        api_key=settings.upstream_api_key,
+    )
+    app.extensions["nvllm.proxy"] = Proxy(fleet, make_policy(settings.routing, **options), config, http=http)
+
+
+def init_body_limits(app: Flask, settings: Settings) -> None:
     from api import API_MAX_BODY
+
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_proxy_body
 
     @app.before_request
     def limit_api_bodies() -> None:

@@ -8,6 +8,7 @@ from api import json_body, ok
 from middleware.auth import require_role
 from middleware.redis_client import get_stores
 from service import node as nodes
+from service.balancer import RouteRequest
 
 bp = Blueprint("node", __name__, url_prefix="/api/node/node")
 
@@ -53,7 +54,23 @@ def get_node(node_id: str) -> Response:
 @bp.get("/status/<node_id>")
 @require_role("user")
 def status(node_id: str) -> Response:
-    data = nodes.status(get_stores().nodes, node_id, now=_now(), retention=_retention())
+    stores = get_stores()
+    failing = current_app.extensions["nvllm.proxy"].fleet.is_failing(node_id)
+    data = nodes.status(
+        stores.nodes, stores.inflight, node_id, now=_now(), retention=_retention(), failing=failing
+    )
+    return ok(data)
+
+
+@bp.get("/select")
+@require_role("user")
+def select() -> Response:
+    """The node the balancer would pick now for ?model= (503 when none)."""
+    proxy = current_app.extensions["nvllm.proxy"]
+    decision = proxy.select(RouteRequest(model=request.args.get("model") or None))
+    data = decision.state.node.to_dict(_now())
+    data["url"] = decision.state.node.url
+    data["reason"] = decision.reason
     return ok(data)
 
 

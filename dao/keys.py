@@ -24,14 +24,10 @@ class Keys:
         """Sorted set: node_id scored by update_time + timeout (epoch seconds)."""
         return self._key("nodes")
 
-    def inflight(self) -> str:
-        """Hash: node_id -> requests in flight to it, summed over all instances."""
-        return self._key("inflight")
-
     def inflight_lease(self, instance_id: str) -> str:
-        """Hash: node_id -> this instance's share of `inflight`; expires with the
-        instance, so a crashed instance's share can be given back."""
-        return self._key("inflight", "instance", instance_id)
+        """Hash with TTL: node_id -> requests this balancer instance has in flight
+        to it; expires with the instance's lease (dao/inflight.py)."""
+        return self._key("inflight", instance_id)
 
     def instances(self) -> str:
         """Sorted set: balancer instance id scored by its lease expiry."""

@@ -56,12 +56,11 @@ class NodeStore:
 
     @storage_errors
     def delete(self, node_id: str) -> bool:
-        """Remove the node, its index entry and its in-flight count in one MULTI."""
+        """Remove the node and its index entry in one MULTI."""
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(self.keys.node(node_id))
         pipe.zrem(self.keys.nodes_by_expiry(), node_id)
-        pipe.hdel(self.keys.inflight(), node_id)
-        deleted, _, _ = pipe.execute()
+        deleted, _ = pipe.execute()
         return bool(deleted)
 
     @storage_errors
@@ -70,13 +69,7 @@ class NodeStore:
         index = self.keys.nodes_by_expiry()
         purged = []
         for node_id in self.client.zrangebyscore(index, "-inf", cutoff):
-            keys = [self.keys.node(node_id), index, self.keys.inflight()]
+            keys = [self.keys.node(node_id), index]
             if self._purge(keys=keys, args=[node_id, cutoff]):
                 purged.append(node_id)
         return purged
-
-    @storage_errors
-    def inflight(self) -> dict[str, int]:
-        """Requests in flight per node, summed over every balancer instance."""
-        raw = self.client.hgetall(self.keys.inflight())
-        return {node_id: max(0, int(count)) for node_id, count in raw.items()}

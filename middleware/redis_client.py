@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from config import Settings
+from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
 from dao.user import UserStore
@@ -27,6 +28,7 @@ class Stores:
     redis: redis.Redis
     keys: Keys
     nodes: NodeStore
+    inflight: InflightStore
     users: UserStore
     tokens: TokenService
     clock: Callable[[], float]
@@ -61,6 +63,7 @@ def init_redis(
         redis=client,
         keys=keys,
         nodes=NodeStore(client, keys),
+        inflight=InflightStore(client, keys),
         users=users,
         tokens=TokenService(users, _secret_source(settings, users), clock=clock),
         clock=clock,

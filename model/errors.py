@@ -11,6 +11,7 @@
     ├── Conflict                    409
     ├── PayloadTooLarge             413
     ├── TooManyRequests             429, Retry-After
+    ├── UpstreamFailed              502, every node tried failed
     └── Unavailable                 503, Retry-After
         ├── StorageUnavailable      Redis unreachable
         └── NoRoutableNode          no node can take the request
@@ -88,6 +89,13 @@ class Conflict(NvllmError):
 class PayloadTooLarge(NvllmError):
     code = 413
     message = "request body too large"
+
+
+class UpstreamFailed(NvllmError):
+    code = 502
+
+    def __init__(self, attempts: int, cause: str) -> None:
+        super().__init__(f"no node could answer after {attempts} attempt(s); last: {cause}")
 
 
 class _RetryLater(NvllmError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dao.inflight import InflightStore
 from dao.node import NodeStore
 from model.errors import NodeNotFound, ValidationError
 from model.node import Node, NodeStatus, validate_changes, validate_node_id
@@ -43,19 +44,21 @@ def get(store: NodeStore, node_id: str, *, now: float, retention: float) -> Node
 
 def status(
     store: NodeStore,
+    inflight: InflightStore,
     node_id: str,
     *,
     now: float,
     retention: float,
     failing: bool = False,
 ) -> dict[str, Any]:
-    """The node plus live fields: alive, seconds_since_update, routable, inflight."""
+    """The node plus live fields: alive, seconds_since_update, routable (alive,
+    online and not `failing`), and requests in flight to it from every instance."""
     node = get(store, node_id, now=now, retention=retention)
     data = node.to_dict(now)
     data["alive"] = node.alive(now)
     data["seconds_since_update"] = round(max(0.0, now - node.update_time), 3)
     data["routable"] = node.routable(now) and not failing
-    data["inflight"] = store.inflight().get(node_id, 0)
+    data["inflight"] = inflight.totals(now=now).get(node_id, 0)
     return data
 
 

@@ -1,0 +1,327 @@
+"""The in-process view of the fleet that routing reads: nodes, load, health.
+
+Routing never waits on Redis. A background thread refreshes the view from Redis
+every `refresh_interval` seconds, and publishes this instance's in-flight
+counts so the other instances see them. Between refreshes the view is updated
+in place: requests sent and finished here, load reported in-band by vLLM, and
+failures seen while forwarding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dao.inflight import InflightStore
+from dao.node import NodeStore
+from model.errors import StorageUnavailable
+from model.node import Node
+
+log = logging.getLogger("nvllm.fleet")
+
+EWMA_WEIGHT = 0.2  # weight of a new per-token time sample
+LEASE_SECONDS = 10.0  # how long another instance trusts our published counts
+
+
+@dataclass
+class Breaker:
+    """Takes a failing node out of rotation and lets it back in by trial.
+
+    closed -> (eject_after consecutive failures) -> open for `cooldown`
+    -> half-open: one trial request, or a good /health probe
+    -> closed on success, open again with a doubled cooldown on failure.
+    """
+
+    eject_after: int = 3
+    base_cooldown: float = 1.0
+    max_cooldown: float = 8.0
+    failures: int = 0
+    open_until: float = 0.0
+    cooldown: float = 0.0
+    trial_running: bool = False
+
+    @property
+    def ejected(self) -> bool:
+        return self.failures >= self.eject_after
+
+    def allows(self, now: float) -> bool:
+        if not self.ejected:
+            return True
+        return now >= self.open_until and not self.trial_running
+
+    def success(self) -> bool:
+        """Record a success; True when it brought an ejected node back."""
+        recovered = self.ejected
+        self.failures = 0
+        self.cooldown = 0.0
+        self.trial_running = False
+        return recovered
+
+    def failure(self, now: float) -> bool:
+        """Record a failure; True when it ejected the node (again)."""
+        self.failures += 1
+        self.trial_running = False
+        if self.failures < self.eject_after:
+            return False
+        self.cooldown = min(self.max_cooldown, self.cooldown * 2 or self.base_cooldown)
+        self.open_until = now + self.cooldown
+        return True
+
+
+@dataclass
+class NodeState:
+    """What this instance knows of one node, beyond its Redis record."""
+
+    node: Node
+    local_inflight: int = 0
+    remote_inflight: int = 0
+    reported_running: int = 0
+    reported_waiting: int = 0
+    kv_usage: float | None = None
+    token_time: float | None = None  # EWMA seconds per streamed token
+    breaker: Breaker = field(default_factory=Breaker)
+    served: int = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    @property
+    def inflight(self) -> int:
+        return self.local_inflight + self.remote_inflight
+
+    @property
+    def load(self) -> int:
+        """Requests the node holds or will hold: the larger of what it last
+        reported and what the balancers have in flight to it. The in-flight
+        count is current; the report also sees traffic that bypassed us."""
+        return max(self.inflight, self.reported_running + self.reported_waiting)
+
+    def take_report(self, node: Node) -> None:
+        """A new heartbeat: its load replaces whatever we knew."""
+        self.node = node
+        self.reported_running = node.node_info.running
+        self.reported_waiting = node.node_info.waiting
+        if node.node_info.kv_cache_usage is not None:
+            self.kv_usage = node.node_info.kv_cache_usage
+
+    def add_token_time(self, seconds: float) -> None:
+        if self.token_time is None:
+            self.token_time = seconds
+        else:
+            self.token_time += EWMA_WEIGHT * (seconds - self.token_time)
+
+
+class Fleet:
+    def __init__(
+        self,
+        nodes: NodeStore,
+        inflight: InflightStore,
+        *,
+        refresh_interval: float = 0.5,
+        eject_after: int = 3,
+        clock: Callable[[], float] = time.time,
+        health_check: Callable[[Node], bool] | None = None,
+    ) -> None:
+        self.instance_id = uuid.uuid4().hex[:12]
+        self._nodes = nodes
+        self._inflight = inflight
+        self._interval = refresh_interval
+        self._eject_after = eject_after
+        self._clock = clock
+        self._health_check = health_check
+        self._states: dict[str, NodeState] = {}
+        self._lock = threading.Lock()
+        self._refreshed_at = 0.0
+        self._storage_ok = True
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._backoff = refresh_interval
+
+    # --- reading the view ---
+
+    def states(self) -> list[NodeState]:
+        """Every known node; starts the refresher on first use."""
+        self._ensure_started()
+        return list(self._states.values())
+
+    def routable(self, now: float | None = None) -> list[NodeState]:
+        """Nodes that may take a new request now: alive, online, not ejected.
+        While Redis is unreachable, liveness is judged as of the last good
+        refresh, so the proxy keeps routing on the last known fleet."""
+        now = self._clock() if now is None else now
+        as_of = now if self._storage_ok else self._refreshed_at
+        return [
+            s
+            for s in self.states()
+            if s.node.routable(as_of) and s.breaker.allows(now)
+        ]
+
+    def get(self, node_id: str) -> NodeState | None:
+        return self._states.get(node_id)
+
+    def is_failing(self, node_id: str) -> bool:
+        state = self._states.get(node_id)
+        return bool(state and state.breaker.ejected)
+
+    def inflight_totals(self) -> dict[str, int]:
+        """Cluster-wide in-flight counts as this instance sees them."""
+        return {s.node_id: s.inflight for s in self._states.values() if s.inflight}
+
+    @property
+    def storage_ok(self) -> bool:
+        return self._storage_ok
+
+    # --- updates from forwarding ---
+
+    def acquire(self, state: NodeState) -> None:
+        with self._lock:
+            state.local_inflight += 1
+            if state.breaker.ejected:
+                state.breaker.trial_running = True
+
+    def release(self, state: NodeState) -> None:
+        with self._lock:
+            state.local_inflight = max(0, state.local_inflight - 1)
+
+    def record_success(self, state: NodeState) -> None:
+        state.served += 1
+        if state.breaker.success():
+            log.info("node %s recovered: back in rotation", state.node_id)
+
+    def record_failure(self, state: NodeState, reason: str) -> None:
+        if state.breaker.failure(self._clock()):
+            log.warning(
+                "node %s ejected for %.0fs after %d failures (last: %s)",
+                state.node_id,
+                state.breaker.cooldown,
+                state.breaker.failures,
+                reason,
+            )
+
+    def record_inband_load(self, state: NodeState, waiting: int | None, running: int | None,
+                           kv_usage: float | None) -> None:
+        """vLLM's endpoint-load-metrics header: fresher than any heartbeat."""
+        if waiting is not None:
+            state.reported_waiting = waiting
+        if running is not None:
+            state.reported_running = running
+        if kv_usage is not None:
+            state.kv_usage = kv_usage
+
+    # --- refreshing from Redis ---
+
+    def refresh(self) -> None:
+        """Reload nodes and other instances' counts; publish ours. On a Redis
+        failure keep the last view and say so once."""
+        now = self._clock()
+        try:
+            nodes = self._nodes.load_all()
+            local = {s.node_id: s.local_inflight for s in self._states.values()}
+            self._inflight.publish(self.instance_id, local, now=now, lease=LEASE_SECONDS)
+            others = self._inflight.by_instance(now=now)
+        except StorageUnavailable:
+            if self._storage_ok:
+                log.warning("storage lost: routing on the last known fleet")
+            self._storage_ok = False
+            return
+        if not self._storage_ok:
+            log.info("storage recovered")
+        self._storage_ok = True
+        self._apply(nodes, others, now)
+
+    def _apply(self, nodes: list[Node], others: dict[str, dict[str, int]], now: float) -> None:
+        remote: dict[str, int] = {}
+        for instance_id, counts in others.items():
+            if instance_id == self.instance_id:
+                continue
+            for node_id, n in counts.items():
+                remote[node_id] = remote.get(node_id, 0) + n
+        with self._lock:
+            fresh: dict[str, NodeState] = {}
+            for node in nodes:
+                state = self._states.get(node.node_id)
+                if state is None:
+                    state = NodeState(node, breaker=Breaker(eject_after=self._eject_after))
+                    state.take_report(node)
+                elif node.update_time != state.node.update_time:
+                    state.take_report(node)
+                else:
+                    state.node = node
+                state.remote_inflight = remote.get(node.node_id, 0)
+                fresh[node.node_id] = state
+            # A node deleted while requests are in flight stays until they end,
+            # so their release is not lost.
+            for node_id, state in self._states.items():
+                if node_id not in fresh and state.local_inflight:
+                    fresh[node_id] = state
+            self._states = fresh
+            self._refreshed_at = now
+
+    def probe_ejected(self) -> None:
+        """Ask each ejected node's /health; a good answer allows a trial request
+        at once instead of after the cooldown."""
+        if self._health_check is None:
+            return
+        now = self._clock()
+        for state in list(self._states.values()):
+            breaker = state.breaker
+            if breaker.ejected and now < breaker.open_until and self._health_check(state.node):
+                breaker.open_until = now
+
+    # --- the background refresher ---
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=_refresh_loop,
+                args=(weakref.ref(self), self._stop, self._interval),
+                name="nvllm-fleet",
+                daemon=True,
+            )
+        self.refresh()  # the first request must not see an empty fleet
+        self._thread.start()
+
+    def tick(self) -> float:
+        """One refresh and probe round; returns the seconds until the next."""
+        try:
+            self.refresh()
+            self.probe_ejected()
+        except Exception:  # the refresher must outlive any one bad tick
+            log.exception("fleet refresh failed")
+        if self._storage_ok:
+            self._backoff = self._interval
+        else:
+            self._backoff = min(5.0, self._backoff * 2)
+        return self._backoff
+
+    def close(self) -> None:
+        """Stop the refresher and withdraw our counts (clean shutdown)."""
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=2)
+            try:
+                self._inflight.withdraw(self.instance_id)
+            except StorageUnavailable:
+                pass
+
+
+def _refresh_loop(ref: weakref.ReferenceType[Fleet], stop: threading.Event, delay: float) -> None:
+    """Runs until stopped or until the fleet is gone; holds it only weakly
+    between ticks, so an app that is dropped (as in tests) takes its refresher
+    with it."""
+    while not stop.wait(delay):
+        fleet = ref()
+        if fleet is None:
+            return
+        delay = fleet.tick()
+        del fleet

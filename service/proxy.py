@@ -1,0 +1,284 @@
+"""Forwarding a /v1 request to a node: pick, send, retry before the first byte,
+stream the answer through, and keep the fleet's counts true whatever happens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from model.errors import NoRoutableNode
+from service.balancer import Decision, Policy, RouteRequest
+from service.fleet import Fleet, NodeState
+
+log = logging.getLogger("nvllm.proxy")
+
+# Statuses worth another node when nothing has reached the client yet: the node
+# is broken (500/502/504), overloaded (503) or shedding load (429).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 429 is back-pressure, not sickness: retry elsewhere but do not eject.
+FAILURE_STATUSES = frozenset({500, 502, 503, 504})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded to a node: the client's credentials, and what we set ourselves.
+DROP_REQUEST = HOP_BY_HOP | {
+    "authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "x-trace-id",
+    "x-request-id",
+    "endpoint-load-metrics-format",
+}
+DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "endpoint-load-metrics"}
+LOAD_HEADER = "endpoint-load-metrics"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    connect_timeout: float = 2.0
+    read_timeout: float = 300.0
+    first_byte_timeout: float = 30.0
+    retries: int = 2
+    api_key: str | None = None
+
+
+@dataclass
+class Forwarded:
+    """An answer ready to stream back: status, headers and a body iterator that
+    must be consumed or closed (closing frees the node)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: Iterator[bytes]
+    node_id: str
+    reason: str
+    attempts: int
+
+
+class NodeFailed(Exception):
+    """Every attempt failed before the first byte; carries the last cause."""
+
+    def __init__(self, cause: str, attempts: int) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.attempts = attempts
+
+
+def parse_load_header(value: str) -> tuple[int | None, int | None, float | None]:
+    """(waiting, running, kv_usage) from vLLM's endpoint-load-metrics header,
+    in its JSON or TEXT form; None for what it does not say."""
+    kind, _, payload = value.strip().partition(" ")
+    metrics: dict = {}
+    try:
+        if kind.upper() == "JSON":
+            data = json.loads(payload)
+            metrics = data.get("named_metrics", data) if isinstance(data, dict) else {}
+        elif kind.upper() == "TEXT":
+            for item in payload.split(","):
+                key, _, raw = item.strip().partition("=")
+                metrics[key.removeprefix("named_metrics.")] = float(raw)
+    except (ValueError, AttributeError):
+        return None, None, None
+
+    def number(*names: str) -> float | None:
+        for name in names:
+            value = metrics.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                return float(value)
+        return None
+
+    waiting = number("num_requests_waiting", "waiting")
+    running = number("num_requests_running", "running")
+    kv = number("kv_cache_usage_perc", "kv_cache_utilization", "gpu_cache_usage_perc")
+    return (
+        None if waiting is None else int(waiting),
+        None if running is None else int(running),
+        None if kv is None else min(kv, 1.0),
+    )
+
+
+class Proxy:
+    def __init__(
+        self,
+        fleet: Fleet,
+        policy: Policy,
+        config: UpstreamConfig,
+        *,
+        http: urllib3.PoolManager | None = None,
+        on_done: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.policy = policy
+        self.config = config
+        self.http = http or urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
+        self._on_done = on_done
+
+    def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
+        """The node the policy picks now. Raises NoRoutableNode."""
+        candidates = [
+            s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude
+        ]
+        if not candidates:
+            raise NoRoutableNode(request.model)
+        return self.policy.choose(candidates, request)
+
+    def forward(
+        self,
+        path: str,
+        body: bytes,
+        request: RouteRequest,
+        headers: dict[str, str],
+        *,
+        stream: bool,
+        trace_id: str,
+    ) -> Forwarded:
+        """Send to the best node, retrying on others before any byte is
+        returned. Raises NoRoutableNode, or NodeFailed when all attempts failed."""
+        upstream_headers = self._request_headers(headers, trace_id)
+        tried: set[str] = set()
+        last_cause = "no attempt"
+        for attempt in range(1, self.config.retries + 2):
+            try:
+                decision = self.select(request, frozenset(tried))
+            except NoRoutableNode:
+                if not tried:
+                    raise
+                break
+            state = decision.state
+            tried.add(state.node_id)
+            self.fleet.acquire(state)
+            started = time.perf_counter()
+            try:
+                response = self._send(state, path, body, upstream_headers, stream)
+            except (Urllib3Error, OSError) as exc:
+                self.fleet.release(state)
+                last_cause = f"{state.node_id}: {type(exc).__name__}"
+                self.fleet.record_failure(state, type(exc).__name__)
+                log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
+                continue
+            if response.status in RETRY_STATUSES and attempt <= self.config.retries:
+                response.drain_conn()
+                response.release_conn()
+                self.fleet.release(state)
+                last_cause = f"{state.node_id}: HTTP {response.status}"
+                if response.status in FAILURE_STATUSES:
+                    self.fleet.record_failure(state, f"HTTP {response.status}")
+                log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
+                continue
+            self.policy.routed(state, request)
+            self._read_load(state, response)
+            return Forwarded(
+                status=response.status,
+                headers=self._response_headers(response),
+                body=self._relay(state, response, stream, started),
+                node_id=state.node_id,
+                reason=decision.reason,
+                attempts=attempt,
+            )
+        raise NodeFailed(last_cause, len(tried))
+
+    def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
+        # Stream headers come at once from vLLM, so silence before them means a
+        # stuck node; a whole (non-streamed) answer may take as long as generation.
+        first = self.config.first_byte_timeout if stream else self.config.read_timeout
+        response = self.http.urlopen(
+            "POST",
+            state.node.url + path,
+            body=body,
+            headers=headers,
+            preload_content=False,
+            decode_content=False,
+            redirect=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=self.config.connect_timeout, read=first),
+        )
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None and first != self.config.read_timeout:
+            sock.settimeout(self.config.read_timeout)
+        return response
+
+    def _relay(self, state: NodeState, response, stream: bool, started: float) -> Iterator[bytes]:
+        """Yield the node's bytes as they come; on the client going away (the
+        generator is closed) close the upstream connection so the node frees
+        the slot."""
+        complete = False
+        events = 0
+        first_at = last_at = 0.0
+        outcome = "ok"
+        try:
+            while True:
+                chunk = response.read1(65536)
+                if not chunk:
+                    break
+                if stream:
+                    now = time.perf_counter()
+                    if not events:
+                        first_at = now
+                    last_at = now
+                    events += chunk.count(b"data:")
+                yield chunk
+            complete = True
+            if response.status < 500:
+                self.fleet.record_success(state)
+        except GeneratorExit:
+            outcome = "client_gone"
+            raise
+        except (Urllib3Error, OSError) as exc:
+            # Bytes already reached the client: never retried, only recorded.
+            outcome = f"upstream_error:{type(exc).__name__}"
+            self.fleet.record_failure(state, type(exc).__name__)
+            log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
+        finally:
+            if complete:
+                response.release_conn()
+            else:
+                response.close()
+                response.release_conn()
+            self.fleet.release(state)
+            if events >= 4:
+                state.add_token_time((last_at - first_at) / (events - 1))
+            if self._on_done:
+                self._on_done(
+                    {
+                        "node": state.node_id,
+                        "status": response.status,
+                        "outcome": outcome,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+
+    def _read_load(self, state: NodeState, response) -> None:
+        value = response.headers.get(LOAD_HEADER)
+        if value:
+            waiting, running, kv = parse_load_header(value)
+            self.fleet.record_inband_load(state, waiting, running, kv)
+
+    def _request_headers(self, headers: dict[str, str], trace_id: str) -> dict[str, str]:
+        out = {k: v for k, v in headers.items() if k.lower() not in DROP_REQUEST}
+        out["X-Trace-ID"] = trace_id
+        out["X-Request-Id"] = trace_id
+        out["endpoint-load-metrics-format"] = "JSON"
+        if self.config.api_key:
+            out["Authorization"] = f"Bearer {self.config.api_key}"
+        return out
+
+    @staticmethod
+    def _response_headers(response) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE]
