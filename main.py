@@ -24,8 +24,11 @@ def create_app(
     *,
     redis_client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
+    background: bool = False,
 ) -> Flask:
-    """Build the app. Tests pass settings, a (fake) Redis client and a clock."""
+    """Build the app. Tests pass settings, a (fake) Redis client and a clock.
+    `background` starts the fleet refresher at once (the server does); without
+    it, it starts on the first request that routes."""
     from api import register_blueprints
     from api.errors import register_error_handlers
     from middleware.redis_client import init_redis
@@ -46,6 +49,8 @@ def create_app(
     register_blueprints(app)
     register_error_handlers(app)
     bootstrap_admin(stores, settings)
+    if background:
+        app.extensions["nvllm.proxy"].fleet.start()
     return app
 
 
@@ -55,6 +60,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
 
     from service.balancer import make_policy
     from service.fleet import Fleet
+    from service.metrics import BalancerMetrics
     from service.proxy import Proxy, UpstreamConfig
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
@@ -82,7 +88,11 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )
-    app.extensions["nvllm.proxy"] = Proxy(fleet, make_policy(settings.routing, **options), config, http=http)
+    metrics = BalancerMetrics(fleet)
+    app.extensions["nvllm.metrics"] = metrics
+    app.extensions["nvllm.proxy"] = Proxy(
+        fleet, make_policy(settings.routing, **options), config, http=http, on_done=metrics.observe_upstream
+    )
 
 
 def init_body_limits(app: Flask, settings: Settings) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from dao.errors import UNREACHABLE
 from middleware.redis_client import get_redis
@@ -25,3 +25,10 @@ def readyz() -> Response:
     except UNREACHABLE as exc:
         raise StorageUnavailable(retry_after=2) from exc
     return jsonify({"status": "ready"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of this nvllm process (not of the nodes)."""
+    body = current_app.extensions["nvllm.metrics"].render()
+    return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")

@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 # \Z, not $: $ also matches before a trailing newline.
 TRACE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
@@ -55,7 +55,10 @@ def init_trace(app: Flask) -> None:
 
 
 def log_request(status: int, elapsed_ms: float, **extra: object) -> None:
-    """The one access-log line of a request."""
+    """The one access-log line of a request, and its metrics."""
+    metrics = current_app.extensions.get("nvllm.metrics")
+    if metrics is not None:
+        metrics.observe_request(request.endpoint or "unmatched", status, elapsed_ms / 1000)
     fields = " ".join(f"{k}={v}" for k, v in extra.items())
     access_log.info(
         "%s %s %d %.1fms%s",

@@ -147,7 +147,7 @@ class Fleet:
 
     def states(self) -> list[NodeState]:
         """Every known node; starts the refresher on first use."""
-        self._ensure_started()
+        self.start()
         return list(self._states.values())
 
     def routable(self, now: float | None = None) -> list[NodeState]:
@@ -161,6 +161,10 @@ class Fleet:
             for s in self.states()
             if s.node.routable(as_of) and s.breaker.allows(now)
         ]
+
+    def known(self) -> list[NodeState]:
+        """Every node in the view, without starting the refresher."""
+        return list(self._states.values())
 
     def get(self, node_id: str) -> NodeState | None:
         return self._states.get(node_id)
@@ -276,7 +280,8 @@ class Fleet:
 
     # --- the background refresher ---
 
-    def _ensure_started(self) -> None:
+    def start(self) -> None:
+        """Start the background refresher (idempotent)."""
         if self._thread is not None:
             return
         with self._lock:

@@ -171,6 +171,7 @@ class Proxy:
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
+                self._report(state, 0, f"failed:{type(exc).__name__}", started)
                 log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
                 continue
             if response.status in RETRY_STATUSES and attempt <= self.config.retries:
@@ -180,6 +181,7 @@ class Proxy:
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 if response.status in FAILURE_STATUSES:
                     self.fleet.record_failure(state, f"HTTP {response.status}")
+                self._report(state, response.status, f"retried:{response.status}", started)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
             self.policy.routed(state, request)
@@ -254,15 +256,18 @@ class Proxy:
             self.fleet.release(state)
             if events >= 4:
                 state.add_token_time((last_at - first_at) / (events - 1))
-            if self._on_done:
-                self._on_done(
-                    {
-                        "node": state.node_id,
-                        "status": response.status,
-                        "outcome": outcome,
-                        "seconds": time.perf_counter() - started,
-                    }
-                )
+            self._report(state, response.status, outcome, started)
+
+    def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
+        if self._on_done:
+            self._on_done(
+                {
+                    "node": state.node_id,
+                    "status": status,
+                    "outcome": outcome,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
 
     def _read_load(self, state: NodeState, response) -> None:
         value = response.headers.get(LOAD_HEADER)
