@@ -237,11 +237,16 @@ def main(argv: list[str] | None = None) -> int:
 
     init_logging(settings.log_level, settings.log_json)
     if args.command in ("user", "token"):
+        from server.store import StoreError
+
         try:
             return run_user_command(args, settings)
         except SettingsError as exc:
             print(f"nvllm: {exc}", file=sys.stderr)
             return 2
+        except StoreError as exc:
+            print(f"nvllm: {exc}", file=sys.stderr)
+            return 1
 
     from server.http import serve
 

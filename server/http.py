@@ -1,0 +1,227 @@
+"""Serving nvllm over HTTP: gunicorn with gevent workers in production, Flask's
+development server (with the interactive debugger) only under --debug.
+
+gunicorn sets TCP_NODELAY on its TCP listening socket (gunicorn/sock.py,
+`TCPSocket.set_options`), and Linux copies it to every accepted connection,
+so small streamed chunks (one token per SSE event) leave at once instead of
+waiting for Nagle. tests/integration/test_http.py checks it on a live socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import signal
+import socket
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+
+from config import Settings
+from server.store import SERVICE, StoreError, open_store
+
+log = logging.getLogger("nvllm.http")
+
+# Each gevent worker holds this many connections at once: thousands of
+# concurrent streams need no more processes, only greenlets.
+WORKER_CONNECTIONS = 4096
+# gevent workers report to the arbiter from their own loop, so a long stream
+# never trips this; it only catches a worker that blocks its loop.
+TIMEOUT = 60
+# On SIGTERM, requests in flight (streams included) get this long to finish.
+GRACEFUL_TIMEOUT = 30
+# Longer than the idle timeout of common load balancers in front (60 s), so
+# they, not we, close idle connections and never send on a closing one.
+KEEPALIVE = 75
+# Each proxied stream holds two descriptors (client and node).
+WANTED_OPEN_FILES = 65536
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; return the process's exit code."""
+    address = display_address(settings.host, settings.port)
+    try:
+        check_bindable(settings.host, settings.port)
+    except OSError as exc:
+        print(f"nvllm: cannot listen on {address}: {_reason(exc)}", file=sys.stderr)
+        return 1
+    raise_open_files_limit()
+    # Until gunicorn installs its own handlers, SIGTERM unwinds like Ctrl-C,
+    # so a store being started is stopped again.
+    signal.signal(signal.SIGTERM, _exit_now)
+    try:
+        with open_store(settings, owner=SERVICE) as url:
+            settings = settings.replace(redis_url=url)
+            if settings.debug:
+                return serve_debug(settings, address)
+            return serve_gunicorn(settings, address)
+    except StoreError as exc:
+        print(f"nvllm: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        return 0
+
+
+def serve_gunicorn(settings: Settings, address: str) -> int:
+    try:
+        NvllmServer(settings, on_ready=lambda: _announce(address)).run()
+    except SystemExit as exc:  # gunicorn always leaves through sys.exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def serve_debug(settings: Settings, address: str) -> int:
+    """Flask's dev server with the debugger: for development only, since the
+    debugger runs any Python for whoever reaches the port."""
+    app = _create_app(settings)
+    log.warning("debug mode: Flask's development server and debugger; never expose it")
+    _announce(address)
+    try:
+        # No reloader: its second process would need a store of its own.
+        app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False, threaded=True)
+    finally:
+        close_app(app)
+    return 0
+
+
+class NvllmServer(BaseApplication):
+    """gunicorn, configured in code. Each worker builds its own app after
+    gevent has patched it (no preload), so no socket or client made before
+    the fork is shared between workers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        app_factory: Callable[[Settings], Any] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app_factory = app_factory or _create_app
+        self.on_ready = on_ready
+        super().__init__(prog="nvllm")
+
+    def load_config(self) -> None:
+        on_ready = self.on_ready
+        options = {
+            "bind": [gunicorn_bind(self.settings.host, self.settings.port)],
+            "worker_class": "gevent",
+            "workers": self.settings.workers,
+            "worker_connections": WORKER_CONNECTIONS,
+            "timeout": TIMEOUT,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "keepalive": KEEPALIVE,
+            "preload_app": False,
+            "accesslog": None,  # the app logs one line per request itself
+            "errorlog": "-",
+            "loglevel": self.settings.log_level.lower(),
+            "logger_class": NvllmGunicornLogger,
+            "proc_name": "nvllm",
+            # gunicorn's runtime control socket defaults to one path per user
+            # ($HOME/.gunicorn/gunicorn.ctl), which two instances would share.
+            "control_socket_disable": True,
+            "when_ready": lambda _arbiter: on_ready() if on_ready else None,
+            "post_fork": lambda _arbiter, _worker: _quiet_ssl_patch_warning(),
+            "worker_exit": lambda _arbiter, worker: close_app(getattr(worker, "wsgi", None)),
+        }
+        for name, value in options.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        return self.app_factory(self.settings)
+
+
+def _create_app(settings: Settings) -> Any:
+    from main import create_app
+
+    # background: the fleet refresher runs from the start, not from the first
+    # routed request.
+    return create_app(settings, background=True)
+
+
+def close_app(app: Any) -> None:
+    """Stop an app's background work and withdraw its in-flight counts, so
+    other instances do not see this one's load after it is gone."""
+    proxy = getattr(app, "extensions", {}).get("nvllm.proxy")
+    if proxy is not None:
+        proxy.fleet.close()
+
+
+class NvllmGunicornLogger(glogging.Logger):
+    """gunicorn's own messages go through nvllm's handlers (plain or JSON
+    lines), and it writes no access log of its own."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in list(self.error_log.handlers):
+            if getattr(handler, "_gunicorn", False):
+                self.error_log.removeHandler(handler)
+        self.error_log.propagate = True
+
+
+def _quiet_ssl_patch_warning() -> None:
+    """`import redis` loads redis.asyncio, which takes names from ssl before
+    the gevent worker patches it. nvllm never uses redis.asyncio, so that one
+    warning is noise; any other module in the list still warns."""
+    warnings.filterwarnings(
+        "ignore",
+        message=(
+            r"(?s)Monkey-patching ssl after ssl has already been imported.*"
+            r"Modules that had direct imports \(NOT patched\): "
+            r"\['redis\.asyncio\.connection \([^)]*\)'\]"
+        ),
+    )
+
+
+def gunicorn_bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def display_address(host: str, port: int) -> str:
+    return f"http://{gunicorn_bind(host, port)}"
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise OSError when host:port cannot be listened on (in use, no such
+    address, no permission), before anything is started."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As gunicorn does: a port in TIME_WAIT is free, one being listened on is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files toward the hard one: the usual 1024
+    would cap a worker far below WORKER_CONNECTIONS streams."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, WANTED_OPEN_FILES)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit: %s", exc)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this host"
+    return exc.strerror or str(exc)
+
+
+def _announce(address: str) -> None:
+    print(f"nvllm listening on {address}", flush=True)
+
+
+def _exit_now(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
