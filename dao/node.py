@@ -65,10 +65,12 @@ class NodeStore:
 
     @storage_errors
     def purge_expired(self, cutoff: float) -> list[str]:
-        """Forget nodes whose expiry is at or before `cutoff`; return their ids."""
+        """Forget nodes whose expiry is before `cutoff`; return their ids.
+        Strictly before, as service/node.py hides them: a node is never listed
+        gone while it can still be read."""
         index = self.keys.nodes_by_expiry()
         purged = []
-        for node_id in self.client.zrangebyscore(index, "-inf", cutoff):
+        for node_id in self.client.zrangebyscore(index, "-inf", f"({cutoff!r}"):
             keys = [self.keys.node(node_id), index]
             if self._purge(keys=keys, args=[node_id, cutoff]):
                 purged.append(node_id)

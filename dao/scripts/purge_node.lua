@@ -2,7 +2,7 @@
 -- the caller looked.
 -- KEYS: node hash, expiry index. ARGV: node_id, cutoff.
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if score and tonumber(score) > tonumber(ARGV[2]) then
+if score and tonumber(score) >= tonumber(ARGV[2]) then
   return 0
 end
 redis.call('DEL', KEYS[1])
