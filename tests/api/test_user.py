@@ -1,0 +1,298 @@
+"""Login, rate limiting, the bootstrap admin, the shared secret, user management."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from main import create_app
+from tests.conftest import ADMIN_PASSWORD, PASSWORD
+from tests.helpers import error_text, ok_data
+
+LOGIN = "/api/user/login"
+ROUTE = "/api/node/node/all"
+
+
+def login(client, username="admin", password=ADMIN_PASSWORD, addr="127.0.0.1"):
+    return client.post(
+        LOGIN, json={"username": username, "password": password}, environ_base={"REMOTE_ADDR": addr}
+    )
+
+
+def bearer(response) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ok_data(response)['token']}"}
+
+
+# --- login ---
+
+
+def test_bootstrap_admin_logs_in_with_the_configured_password(client):
+    data = ok_data(login(client))
+    assert set(data) == {"token", "expires_in", "role"}
+    assert data["role"] == "admin"
+    ok_data(client.get(ROUTE, headers=bearer(login(client))))
+
+
+def test_seed_login_without_a_password_is_400(client):
+    response = client.post(LOGIN, json={"username": "admin"})
+    assert error_text(response, 400).startswith("password:")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"username": "admin", "password": ""}, "password"),
+        ({"username": "admin", "password": None}, "password"),
+        ({"username": "admin", "password": 12345678}, "password"),
+        ({"username": "admin", "password": "x" * 1025}, "password"),
+        ({"password": ADMIN_PASSWORD}, "username"),
+        ({"username": "", "password": ADMIN_PASSWORD}, "username"),
+        ({"username": "a:b", "password": ADMIN_PASSWORD}, "username"),
+        ({"username": "admin\n", "password": ADMIN_PASSWORD}, "username"),
+        ({"username": ["admin"], "password": ADMIN_PASSWORD}, "username"),
+        ({"username": "admin", "password": ADMIN_PASSWORD, "role": "admin"}, "role"),
+        ([], "body"),
+    ],
+    ids=lambda v: repr(v)[:40],
+)
+def test_bad_login_bodies_are_400(client, redis, body, field):
+    assert error_text(client.post(LOGIN, json=body), 400).startswith(f"{field}:")
+    assert not [k for k in redis.keys("*") if "login_failures" in k]
+
+
+def test_malformed_login_json_is_400(client):
+    response = client.post(LOGIN, data=b"{", content_type="application/json")
+    assert error_text(response, 400).startswith("body:")
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("admin", "wrong-password"), ("admin", ADMIN_PASSWORD.upper()), ("nobody", ADMIN_PASSWORD)],
+)
+def test_wrong_credentials_are_401_and_say_the_same(client, username, password):
+    response = login(client, username, password)
+    assert error_text(response, 401) == "wrong username or password"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_login_does_not_read_the_seed_usernames_as_accounts(client):
+    error_text(client.post(LOGIN, json={"username": "user", "password": "user-password"}), 401)
+
+
+# --- rate limiting ---
+
+
+def test_failures_per_username_are_limited(client, token, settings):
+    token("user")
+    for i in range(settings.login_max_failures):
+        error_text(login(client, password="wrong-password", addr=f"10.0.0.{i}"), 401)
+    # From a fresh address, and even with the right password.
+    response = login(client, addr="10.0.1.1")
+    error_text(response, 429)
+    assert 1 <= int(response.headers["Retry-After"]) <= settings.login_window
+    # Another username is not affected.
+    ok_data(login(client, "test-user", PASSWORD, addr="10.0.1.1"))
+
+
+def test_the_user_limit_blocks_before_checking_the_password(client, settings):
+    for i in range(settings.login_max_failures):
+        login(client, password="wrong-password", addr=f"10.0.0.{i}")
+    response = login(client, password="wrong-password", addr="10.0.1.1")
+    assert "too many" in error_text(response, 429)
+
+
+def test_failures_per_address_are_limited(client, token, settings):
+    token("user")  # a second account, logged in before the failures
+    for i in range(settings.login_max_failures):
+        error_text(login(client, f"nobody-{i}", "wrong-password", addr="10.0.0.66"), 401)
+    response = login(client, "test-user", PASSWORD, addr="10.0.0.66")
+    error_text(response, 429)
+    assert int(response.headers["Retry-After"]) >= 1
+    ok_data(login(client, "test-user", PASSWORD, addr="10.0.0.67"))
+
+
+def test_a_success_clears_the_username_count(client, settings):
+    n = settings.login_max_failures
+    for i in range(n - 1):
+        error_text(login(client, password="wrong-password", addr=f"10.0.0.{i}"), 401)
+    ok_data(login(client, addr="10.0.1.1"))
+    for i in range(n - 1):
+        error_text(login(client, password="wrong-password", addr=f"10.0.2.{i}"), 401)
+    ok_data(login(client, addr="10.0.3.1"))
+
+
+def test_the_limit_is_configurable(settings, redis, clock):
+    app = create_app(settings.replace(login_max_failures=1), redis_client=redis, clock=clock)
+    client = app.test_client()
+    error_text(login(client, password="wrong-password"), 401)
+    error_text(login(client, addr="10.0.0.2"), 429)
+
+
+def test_failure_counters_expire_with_the_window(client, redis, settings):
+    login(client, password="wrong-password", addr="10.0.0.5")
+    counters = [k for k in redis.keys("*") if "login_failures" in k]
+    assert len(counters) == 2  # one per username, one per address
+    for key in counters:
+        assert 0 < redis.ttl(key) <= settings.login_window
+
+
+# --- bootstrap admin ---
+
+
+def test_no_admin_password_prints_one_once(settings, server, clock, capsys, caplog):
+    settings = settings.replace(admin_password=None)
+    client = fakeredis.FakeRedis(server=server, decode_responses=True)
+    app = create_app(settings, redis_client=client, clock=clock)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "password" in line]
+    assert len(lines) >= 1
+    password = lines[0].split("password", 1)[1].split()[0]
+    assert len(password) >= 16
+    ok_data(login(app.test_client(), password=password))
+    assert password not in caplog.text  # the console, never the log
+
+    again = create_app(settings, redis_client=client, clock=clock)
+    assert password not in capsys.readouterr().out
+    assert capsys.readouterr().out == ""
+    ok_data(login(again.test_client(), password=password))
+
+
+def test_with_an_admin_password_nothing_is_printed(settings, redis, clock, capsys):
+    create_app(settings, redis_client=redis, clock=clock)
+    assert ADMIN_PASSWORD not in capsys.readouterr().out
+
+
+def test_bootstrap_runs_only_with_no_users(app, settings, redis, clock):
+    # A later start with another password does not reset the admin's.
+    other = create_app(settings.replace(admin_password="another-password"), redis_client=redis, clock=clock)
+    error_text(login(other.test_client(), password="another-password"), 401)
+    ok_data(login(other.test_client()))
+
+
+def test_bootstrap_with_redis_down_starts_and_skips(settings, server, clock, capsys):
+    server.connected = False
+    client = fakeredis.FakeRedis(server=server, decode_responses=True)
+    app = create_app(settings.replace(admin_password=None), redis_client=client, clock=clock)
+    assert capsys.readouterr().out == ""
+    error_text(login(app.test_client()), 503)
+
+
+# --- the token secret ---
+
+
+def test_a_generated_secret_is_shared_by_apps_on_one_redis(settings, server, clock):
+    first = create_app(settings, redis_client=fakeredis.FakeRedis(server=server, decode_responses=True), clock=clock)
+    second = create_app(settings, redis_client=fakeredis.FakeRedis(server=server, decode_responses=True), clock=clock)
+    a, b = first.test_client(), second.test_client()
+    ok_data(b.get(ROUTE, headers=bearer(login(a))))
+    ok_data(a.get(ROUTE, headers=bearer(login(b))))
+
+
+def test_a_generated_secret_is_random_per_redis(settings, clock):
+    apps = [
+        create_app(settings, redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True), clock=clock)
+        for _ in range(2)
+    ]
+    a, b = (app.test_client() for app in apps)
+    error_text(b.get(ROUTE, headers=bearer(login(a))), 401)
+    secrets = [app.extensions["redis"].get("nvllm:secret:jwt") for app in apps]
+    assert secrets[0] != secrets[1] and min(map(len, secrets)) >= 32
+
+
+def test_a_configured_secret_overrides_the_generated_one(settings, server, clock, monkeypatch):
+    monkeypatch.setenv("NVLLM_JWT_SECRET", "a-configured-secret-that-is-long-enough")
+    from config import Settings
+
+    configured = Settings.from_env(__import__("os").environ, admin_password=ADMIN_PASSWORD, password_hash_n=2**4)
+    assert configured.jwt_secret == "a-configured-secret-that-is-long-enough"
+
+    def make(s):
+        return create_app(s, redis_client=fakeredis.FakeRedis(server=server, decode_responses=True), clock=clock)
+
+    generated, one, two = make(settings), make(configured), make(configured)
+    ok_data(two.test_client().get(ROUTE, headers=bearer(login(one.test_client()))))
+    error_text(generated.test_client().get(ROUTE, headers=bearer(login(one.test_client()))), 401)
+    error_text(one.test_client().get(ROUTE, headers=bearer(login(generated.test_client()))), 401)
+
+
+# --- user management ---
+
+
+def test_admin_creates_lists_and_deletes_users(client, auth_headers, stores):
+    admin = auth_headers("admin")
+    body = {"username": "ops-1", "password": PASSWORD, "role": "worker"}
+    data = ok_data(client.post("/api/user/register", json=body, headers=admin))
+    assert data == {"username": "ops-1", "role": "worker", "create_time": "2024-01-01T00:00:00"}
+    listed = ok_data(client.get("/api/user/all", headers=admin))
+    assert [u["username"] for u in listed] == ["admin", "ops-1", "test-admin"]
+    assert all(set(u) == {"username", "role", "create_time"} for u in listed)
+    ok_data(login(client, "ops-1", PASSWORD))
+    ok_data(client.delete("/api/user/delete/ops-1", headers=admin))
+    error_text(login(client, "ops-1", PASSWORD), 401)
+    error_text(client.delete("/api/user/delete/ops-1", headers=admin), 404)
+
+
+def test_passwords_are_stored_hashed(client, auth_headers, redis):
+    body = {"username": "ops-1", "password": PASSWORD, "role": "worker"}
+    ok_data(client.post("/api/user/register", json=body, headers=auth_headers("admin")))
+    stored = redis.hgetall("nvllm:user:ops-1")
+    assert PASSWORD not in str(stored)
+    assert stored["password_hash"].startswith("scrypt$")
+
+
+def test_a_taken_username_is_409(client, auth_headers):
+    body = {"username": "admin", "password": PASSWORD}
+    error_text(client.post("/api/user/register", json=body, headers=auth_headers("admin")), 409)
+    ok_data(login(client))
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"username": "ops-1", "password": "short"}, "password"),
+        ({"username": "ops-1", "password": PASSWORD, "role": "root"}, "role"),
+        ({"username": "ops:1", "password": PASSWORD}, "username"),
+        ({"username": "ops-1", "password": PASSWORD, "extra": 1}, "extra"),
+    ],
+    ids=lambda v: repr(v)[:40],
+)
+def test_bad_user_bodies_are_400(client, auth_headers, stores, body, field):
+    response = client.post("/api/user/register", json=body, headers=auth_headers("admin"))
+    assert error_text(response, 400).startswith(f"{field}:")
+    assert "ops-1" not in [u.username for u in stores.users.load_all()]
+
+
+def test_the_last_admin_cannot_be_deleted_or_demoted(client):
+    admin = bearer(login(client))
+    error_text(client.delete("/api/user/delete/admin", headers=admin), 409)
+    error_text(client.put("/api/user/update/admin", json={"role": "worker"}, headers=admin), 409)
+    ok_data(client.get("/api/user/all", headers=admin))
+    # With a second admin, the first may go.
+    body = {"username": "admin-2", "password": PASSWORD, "role": "admin"}
+    ok_data(client.post("/api/user/register", json=body, headers=admin))
+    ok_data(client.put("/api/user/update/admin", json={"role": "worker"}, headers=admin))
+    second = bearer(login(client, "admin-2", PASSWORD))
+    error_text(client.delete("/api/user/delete/admin-2", headers=second), 409)
+
+
+def test_minted_tokens_last_as_asked(client, auth_headers, token, clock):
+    admin = auth_headers("admin")
+    token("worker")
+    data = ok_data(client.post("/api/user/token/test-worker", json={"ttl": 30 * 86400}, headers=admin))
+    assert data["expires_in"] == 30 * 86400 and data["role"] == "worker"
+    headers = {"Authorization": f"Bearer {data['token']}"}
+    clock.advance(29 * 86400)
+    ok_data(client.post("/api/node/node/register", json={}, headers=headers))
+    clock.advance(86400)
+    error_text(client.get(ROUTE, headers=headers), 401)
+
+
+@pytest.mark.parametrize("body", [{"ttl": 59}, {"ttl": "3600"}, {"ttl": True}, {"other": 1}, []])
+def test_bad_mint_bodies_are_400(client, auth_headers, token, body):
+    token("worker")
+    response = client.post("/api/user/token/test-worker", json=body, headers=auth_headers("admin"))
+    error_text(response, 400)
+
+
+def test_minting_for_an_unknown_user_is_404(client, auth_headers):
+    error_text(client.post("/api/user/token/nobody", json={}, headers=auth_headers("admin")), 404)

@@ -1,0 +1,58 @@
+"""Small assertions shared by the unit tests."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import fakeredis
+
+ENVELOPE_KEYS = ["message", "status", "code", "data", "trace_id"]
+ERROR_KEYS = ["message", "status", "code", "error", "trace_id"]
+TIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\Z")
+
+
+def ok_data(response) -> Any:
+    """The `data` of a success envelope, after checking the envelope itself."""
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert list(body) == ENVELOPE_KEYS
+    assert body["message"] == "success" and body["status"] == "success" and body["code"] == 200
+    assert body["trace_id"] == response.headers["X-Trace-ID"]
+    return body["data"]
+
+
+def error_text(response, code: int) -> str:
+    """The `error` text of an error envelope whose code and HTTP status are `code`."""
+    body = response.get_json()
+    assert response.status_code == code, body
+    assert list(body) == ERROR_KEYS, body
+    assert body["message"] == "error" and body["status"] == "error" and body["code"] == code
+    assert body["trace_id"] == response.headers["X-Trace-ID"]
+    assert "Traceback" not in body["error"]
+    return body["error"]
+
+
+# Routes anyone may call. Every other route must refuse a request with no token.
+PUBLIC_PATHS = {"/api/user/login", "/healthz", "/readyz", "/metrics", "/openapi.json", "/"}
+PUBLIC_PREFIXES = ("/static", "/dashboard")
+
+
+def app_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route, path parameters filled in."""
+    from config import Settings
+    from main import create_app
+
+    settings = Settings(admin_password="unused-password", password_hash_n=2**4)
+    redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    app = create_app(settings, redis_client=redis, clock=lambda: 1704067200.0)
+    routes = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<[^>]+>", "node-001", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            routes.append((method, path))
+    return sorted(routes)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
