@@ -153,6 +153,11 @@ class Settings:
         "NVLLM_MAX_PROXY_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024, "largest /v1 request body, bytes"
     )
 
+    probe_interval: float = _env(
+        "NVLLM_PROBE_INTERVAL", _float(0, 3600), 5.0,
+        "poll each node's /health and /metrics this often, s; 0 = off",
+    )
+
     # scrypt's work factor. Not an environment variable: production keeps the
     # default; tests turn it down so a login costs microseconds.
     password_hash_n: int = 2**15

@@ -50,8 +50,20 @@ def create_app(
     register_error_handlers(app)
     bootstrap_admin(stores, settings)
     if background:
-        app.extensions["nvllm.proxy"].fleet.start()
+        start_background(app, settings)
     return app
+
+
+def start_background(app: Flask, settings: Settings) -> None:
+    """The fleet refresher, and node polling unless NVLLM_PROBE_INTERVAL=0."""
+    from service.probe import Prober
+
+    app.extensions["nvllm.proxy"].fleet.start()
+    if settings.probe_interval > 0:
+        stores = app.extensions["nvllm"]
+        prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock)
+        app.extensions["nvllm.prober"] = prober
+        prober.start()
 
 
 def init_balancer(app: Flask, settings: Settings, stores) -> None:

@@ -17,6 +17,7 @@ class NodeStore:
         self._register = register(client, "register_node")
         self._update = register(client, "update_node")
         self._purge = register(client, "purge_node")
+        self._flag = register(client, "flag_node")
 
     @storage_errors
     def save(self, node: Node) -> Node:
@@ -28,15 +29,32 @@ class NodeStore:
         return Node.from_redis(pairs_to_dict(flat) or {})
 
     @storage_errors
-    def update(self, node_id: str, changes: dict, now: float) -> Node | None:
-        """Apply validated changes and refresh update_time, only if the node
-        exists (checked inside Redis). None when it does not."""
+    def update(
+        self, node_id: str, changes: dict, now: float, *, fields: dict[str, str] | None = None
+    ) -> Node | None:
+        """Apply validated changes (plus raw hash `fields` nvllm sets itself) and
+        refresh update_time, only if the node exists (checked inside Redis).
+        None when it does not."""
         args: list[str | float] = [node_id, repr(now)]
-        for item in changes_to_redis(changes).items():
+        for item in {**changes_to_redis(changes), **(fields or {})}.items():
             args.extend(item)
         flat = self._update(keys=[self.keys.node(node_id), self.keys.nodes_by_expiry()], args=args)
         mapping = pairs_to_dict(flat)
         return Node.from_redis(mapping) if mapping else None
+
+    @storage_errors
+    def flag(self, node_id: str, fields: dict[str, str]) -> bool:
+        """Set raw hash fields of an existing node without a heartbeat."""
+        args: list[str] = []
+        for item in fields.items():
+            args.extend(item)
+        return bool(self._flag(keys=[self.keys.node(node_id)], args=args))
+
+    @storage_errors
+    def claim_probe(self, node_id: str, owner: str, seconds: float) -> bool:
+        """True for the one instance that polls this node in this interval."""
+        ms = max(1, int(seconds * 1000))
+        return bool(self.client.set(self.keys.probe_lock(node_id), owner, nx=True, px=ms))
 
     @storage_errors
     def load(self, node_id: str) -> Node | None:

@@ -216,6 +216,9 @@ class Node:
     models: list[str] = field(default_factory=list)
     create_time: float = 0.0
     update_time: float = 0.0
+    # Set by the balancer's poller when /health fails; cleared by a good poll
+    # or a new registration. Not a client field.
+    probe_failing: bool = False
 
     @classmethod
     def from_payload(cls, payload: Any, *, now: float) -> Node:
@@ -239,7 +242,7 @@ class Node:
         return self.node_status if self.alive(now) else NodeStatus.OFFLINE
 
     def routable(self, now: float) -> bool:
-        return self.alive(now) and self.node_status is NodeStatus.ONLINE
+        return self.alive(now) and self.node_status is NodeStatus.ONLINE and not self.probe_failing
 
     @property
     def url(self) -> str:
@@ -284,6 +287,7 @@ class Node:
             "models": json.dumps(self.models),
             "create_time": repr(self.create_time),
             "update_time": repr(self.update_time),
+            "probe_failing": "1" if self.probe_failing else "0",
         }
         mapping.update(info_to_redis(self.node_info.to_dict()))
         return mapping
@@ -315,6 +319,7 @@ class Node:
             models=json.loads(mapping.get("models", "[]")),
             create_time=float(mapping.get("create_time", 0)),
             update_time=float(mapping.get("update_time", 0)),
+            probe_failing=mapping.get("probe_failing") == "1",
         )
 
 

@@ -58,6 +58,7 @@ def status(
     data["alive"] = node.alive(now)
     data["seconds_since_update"] = round(max(0.0, now - node.update_time), 3)
     data["routable"] = node.routable(now) and not failing
+    data["probe_failing"] = node.probe_failing
     data["inflight"] = inflight.totals(now=now).get(node_id, 0)
     return data
 
