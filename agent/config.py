@@ -162,8 +162,9 @@ def _pick(opt: Option, args: dict[str, Any], environ: Mapping[str, str]) -> str 
 def default_node_id(hostname: str, port: int) -> str:
     """<hostname>-<port>: stable across restarts, so a restarted agent takes
     over its node instead of leaving a twin to expire."""
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{hostname.split('.')[0]}-{port}").lstrip("._-")
-    return text[:128] or f"node-{port}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", hostname.split(".")[0]).strip("._-") or "node"
+    suffix = f"-{port}"
+    return name[: 128 - len(suffix)] + suffix
 
 
 def default_address(
