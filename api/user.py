@@ -30,6 +30,7 @@ def login() -> Response:
         client_addr=request.remote_addr or "unknown",
         max_failures=settings.login_max_failures,
         window=settings.login_window,
+        hash_n=settings.password_hash_n,
     )
     token = stores.tokens.issue(user, settings.token_ttl)
     return ok({"token": token, "expires_in": settings.token_ttl, "role": user.role.value})

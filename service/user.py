@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Any
 
@@ -17,9 +18,13 @@ from model.user import (
     verify_password,
 )
 
-# Checked against when the username is unknown, so a miss costs as much time
-# as a wrong password and does not reveal which names exist.
-_DUMMY_HASH = hash_password("not-a-real-password", n=2**10)
+
+@functools.lru_cache(maxsize=4)
+def _dummy_hash(n: int) -> str:
+    """Checked against when the username is unknown, so a miss costs as much
+    time as a wrong password and does not reveal which names exist: it must
+    use the same work factor as real hashes."""
+    return hash_password("not-a-real-password", n=n)
 
 
 def bootstrap_admin(store: UserStore, password: str | None, *, now: float, hash_n: int) -> str | None:
@@ -43,6 +48,7 @@ def login(
     client_addr: str,
     max_failures: int,
     window: int,
+    hash_n: int = 2**15,
 ) -> User:
     """The user whose password matches. Raises Unauthorized, or TooManyRequests
     once a username or a client address has failed `max_failures` times within
@@ -62,7 +68,7 @@ def login(
 
     user = store.load(username)
     if user is None:
-        verify_password(password, _DUMMY_HASH)
+        verify_password(password, _dummy_hash(hash_n))
     elif verify_password(password, user.password_hash):
         store.clear_failures("user", username)
         return user

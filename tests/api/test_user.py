@@ -296,3 +296,21 @@ def test_bad_mint_bodies_are_400(client, auth_headers, token, body):
 
 def test_minting_for_an_unknown_user_is_404(client, auth_headers):
     error_text(client.post("/api/user/token/nobody", json={}, headers=auth_headers("admin")), 404)
+
+
+def test_an_unknown_username_costs_the_same_hashing_as_a_wrong_password(client, monkeypatch, settings):
+    """No timing oracle for which usernames exist: both paths run scrypt with
+    the configured work factor."""
+    import hashlib
+
+    real = hashlib.scrypt
+    costs: list[int] = []
+
+    def recording(*args, **kwargs):
+        costs.append(kwargs["n"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", recording)
+    error_text(login(client, "admin", "wrong-password"), 401)
+    error_text(login(client, "nobody", "wrong-password", addr="10.0.0.2"), 401)
+    assert costs == [settings.password_hash_n] * 2
