@@ -43,5 +43,6 @@ def json_body() -> Any:
         return {}
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: nesting deep enough to exhaust the parser, e.g. "[[[[...".
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValidationError("body", "must be valid JSON") from None

@@ -41,7 +41,8 @@ def forward(subpath: str) -> Response:
     body = request.get_data(cache=False)
     try:
         payload = json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: nesting deep enough to exhaust the parser, e.g. "[[[[...".
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("request body must be valid JSON") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")

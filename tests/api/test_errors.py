@@ -195,3 +195,13 @@ def test_cors_origins_from_the_environment(monkeypatch, redis, clock):
     for origin in ("https://a.example", "https://b.example"):
         assert client.get("/healthz", headers={"Origin": origin}).headers["Access-Control-Allow-Origin"] == origin
     assert "Access-Control-Allow-Origin" not in client.get("/healthz", headers={"Origin": "https://c.example"}).headers
+
+
+@pytest.mark.parametrize("raw", [b"[" * 60000, b'{"a":' * 12000, b"{"])
+def test_a_v1_body_nested_too_deep_is_400_not_500(client, auth_headers, raw, caplog):
+    response = client.post(
+        "/v1/chat/completions", data=raw, content_type="application/json", headers=auth_headers("user")
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["type"] == "invalid_request_error"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

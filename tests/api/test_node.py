@@ -225,6 +225,8 @@ BAD_BODIES = [
     (b'"node-001"', 400, "body"),
     (b"null", 400, "body"),
     (b"42", 400, "body"),
+    (b"[" * 60000, 400, "body"),  # nesting deep enough to exhaust the parser's recursion
+    (b'{"a":' * 12000, 400, "body"),
     (json.dumps({**SEED_REGISTER, "remark": "x" * (65 * 1024)}).encode(), 413, "too large"),
     (b" " * (64 * 1024) + b"{}", 413, "too large"),
 ]
