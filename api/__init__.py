@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 
 from middleware.trace import current_trace_id
 from model.base import success
-from model.errors import ValidationError
+from model.errors import PayloadTooLarge, ValidationError
 
 # The seed's node API carries small JSON documents; the /v1 proxy has its own
 # limit (NVLLM_MAX_PROXY_BODY) for long prompts.
@@ -35,10 +35,15 @@ def ok(data: Any) -> Response:
 
 def json_body() -> Any:
     """The request's JSON (an empty body counts as {}). Raises ValidationError
-    for a body that is not JSON, whatever the Content-Type says."""
+    for a body that is not JSON, whatever the Content-Type says, and
+    PayloadTooLarge for one over API_MAX_BODY."""
     from flask import request
 
     raw = request.get_data(cache=True)
+    if request.content_length is None and len(raw) >= API_MAX_BODY:
+        # A body sent without Content-Length (chunked) is cut off silently at
+        # the limit; what filled it is taken as over it, never parsed as cut.
+        raise PayloadTooLarge()
     if not raw.strip():
         return {}
     try:

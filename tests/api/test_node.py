@@ -582,3 +582,35 @@ def test_node_ids_are_case_sensitive(client, worker, register):
     register(node_id="node-1")
     assert len(ok_data(client.get(f"{BASE}/all", headers=worker))) == 2
     error_text(client.get(f"{BASE}/get_node/NODE-1", headers=worker), 404)
+
+
+def chunked(client, headers, raw):
+    """POST without Content-Length, as a server that handles chunked bodies
+    passes it on."""
+    import io
+
+    return client.post(
+        f"{BASE}/register",
+        input_stream=io.BytesIO(raw),
+        content_type="application/json",
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_a_small_chunked_body_is_read(client, worker):
+    assert ok_data(chunked(client, worker, json.dumps(SEED_REGISTER).encode()))["node_id"] == "node-001"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        json.dumps({**SEED_REGISTER, "remark": "x" * (65 * 1024)}).encode(),
+        # Valid JSON within the limit, then more: must not be cut and accepted.
+        json.dumps(SEED_REGISTER).encode() + b" " * (64 * 1024) + b"trailing",
+    ],
+    ids=["long-remark", "valid-prefix"],
+)
+def test_an_oversized_chunked_body_is_413(client, worker, redis, raw):
+    assert "too large" in error_text(chunked(client, worker, raw), 413)
+    assert node_keys(redis) == []
