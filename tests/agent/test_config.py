@@ -129,6 +129,10 @@ def test_default_node_id_is_stable_and_valid():
         (["--timeout", "1.5"], BASE_ENV, "--timeout"),
         (["--timeout", "10"], BASE_ENV, "--timeout"),  # not longer than the 10 s interval
         (["--advertise-port", "0"], BASE_ENV, "--advertise-port"),
+        (["--advertise-port", "70000"], BASE_ENV, "--advertise-port"),
+        (["--advertise-port", "http"], BASE_ENV, "--advertise-port"),
+        (["--timeout", "100000"], BASE_ENV, "--timeout"),
+        (["--advertise-address", "bad_host!"], BASE_ENV, "--advertise-address"),
         (["--node-id", "a:b"], BASE_ENV, "--node-id"),
         (["--node-id=-a"], BASE_ENV, "--node-id"),
         (["--node-type", "gpu worker"], BASE_ENV, "--node-type"),
