@@ -19,8 +19,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.ggevent import GeventWorker
 
 from config import Settings
 from server.store import SERVICE, StoreError, open_store
@@ -110,7 +112,7 @@ class NvllmServer(BaseApplication):
         on_ready = self.on_ready
         options = {
             "bind": [gunicorn_bind(self.settings.host, self.settings.port)],
-            "worker_class": "gevent",
+            "worker_class": NvllmWorker,
             "workers": self.settings.workers,
             "worker_connections": WORKER_CONNECTIONS,
             "timeout": TIMEOUT,
@@ -150,6 +152,61 @@ def close_app(app: Any) -> None:
     proxy = getattr(app, "extensions", {}).get("nvllm.proxy")
     if proxy is not None:
         proxy.fleet.close()
+
+
+class NvllmWorker(GeventWorker):
+    """gunicorn's gevent worker, except that a graceful stop closes idle
+    keep-alive connections at once. gunicorn's own waits for them to time out
+    (KEEPALIVE), so any client holding a pooled connection (an SDK, an agent,
+    a proxy in front) would stretch every restart to GRACEFUL_TIMEOUT.
+    Requests in flight still run to the end; gunicorn closes their
+    connections after the response."""
+
+    def init_process(self) -> None:
+        self.idle: dict[Any, _IdleWait] = {}
+        super().init_process()
+
+    def timeout_ctx(self) -> _IdleWait:
+        # gunicorn enters this only around the wait for a connection's next request.
+        return _IdleWait(self)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        gevent.get_hub().loop.run_callback(self._close_idle)
+
+    def _close_idle(self) -> None:
+        for waiter in list(self.idle.values()):
+            waiter.expire()
+
+
+class _IdleWait:
+    """gunicorn's keep-alive wait (a silent gevent.Timeout) that its worker
+    can end early; ending it closes the connection as an idle timeout does."""
+
+    def __init__(self, worker: NvllmWorker) -> None:
+        self.worker = worker
+        # After a stop began, a connection closes rather than wait for more.
+        self.timeout = gevent.Timeout(worker.cfg.keepalive if worker.alive else 0, False)
+        self.greenlet: Any = None
+
+    def __enter__(self) -> gevent.Timeout:
+        self.greenlet = gevent.getcurrent()
+        self.worker.idle[self.greenlet] = self
+        return self.timeout.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        self.worker.idle.pop(self.greenlet, None)
+        return self.timeout.__exit__(*exc)
+
+    def expire(self) -> None:
+        self.timeout.cancel()
+        gevent.get_hub().loop.run_callback(self._throw)
+
+    def _throw(self) -> None:
+        # Only if the connection is still idle: a request that arrived since
+        # must not be interrupted.
+        if self.worker.idle.get(self.greenlet) is self:
+            self.greenlet.throw(self.timeout)
 
 
 class NvllmGunicornLogger(glogging.Logger):

@@ -93,15 +93,37 @@ def open_store(settings: Settings, *, owner: str = COMMAND) -> Iterator[str]:
             lock_fd = -1
             yield url
             return
-        store = EmbeddedStore(data_dir, lock_fd, owner)
-        store.start()
-        try:
+        with _running(data_dir, lock_fd, owner) as store:
             yield store.url
-        finally:
-            store.stop()
     finally:
         if lock_fd >= 0:
             os.close(lock_fd)
+
+
+@contextlib.contextmanager
+def run_embedded(data_dir: Path | str, *, owner: str = COMMAND) -> Iterator[EmbeddedStore]:
+    """Start a store of this process's own on `data_dir`, stopped on exit.
+    open_store() is the usual way in; this one hands out the store itself
+    (tests kill and restart it). Raises StoreError when the directory is in use."""
+    path = _prepare_dir(Path(data_dir))
+    lock_fd = _open_lock(path)
+    try:
+        if not _try_lock(lock_fd):
+            raise StoreError(f"the embedded store in {path} is in use by another process")
+        with _running(path, lock_fd, owner) as store:
+            yield store
+    finally:
+        os.close(lock_fd)
+
+
+@contextlib.contextmanager
+def _running(data_dir: Path, lock_fd: int, owner: str) -> Iterator[EmbeddedStore]:
+    store = EmbeddedStore(data_dir, lock_fd, owner)
+    store.start()
+    try:
+        yield store
+    finally:
+        store.stop()
 
 
 def _prepare_dir(data_dir: Path) -> Path:
