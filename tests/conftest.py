@@ -14,11 +14,7 @@ import pytest
 
 from config import Settings
 from main import create_app
-
-# 2024-01-01T00:00:00 UTC, the time the seed's examples show.
-START = 1704067200.0
-ADMIN_PASSWORD = "admin-password-for-tests"
-PASSWORD = "password-for-tests"
+from tests.helpers import ADMIN_PASSWORD, PASSWORD, START
 
 
 class FakeClock:

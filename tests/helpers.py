@@ -7,6 +7,11 @@ from typing import Any
 
 import fakeredis
 
+# 2024-01-01T00:00:00 UTC, the time the seed's examples show.
+START = 1704067200.0
+ADMIN_PASSWORD = "admin-password-for-tests"  # the bootstrap admin's
+PASSWORD = "password-for-tests"  # every other test user's
+
 ENVELOPE_KEYS = ["message", "status", "code", "data", "trace_id"]
 ERROR_KEYS = ["message", "status", "code", "error", "trace_id"]
 TIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\Z")
@@ -43,9 +48,9 @@ def app_routes() -> list[tuple[str, str]]:
     from config import Settings
     from main import create_app
 
-    settings = Settings(admin_password="unused-password", password_hash_n=2**4)
+    settings = Settings(admin_password=ADMIN_PASSWORD, password_hash_n=2**4)
     redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    app = create_app(settings, redis_client=redis, clock=lambda: 1704067200.0)
+    app = create_app(settings, redis_client=redis, clock=lambda: START)
     routes = []
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<[^>]+>", "node-001", rule.rule)

@@ -46,7 +46,7 @@ def test_defaults_are_safe():
         ({"REDIS_URL": ""}, "redis_url", None),
         ({"NVLLM_REDIS_PREFIX": "fleet-a"}, "redis_prefix", "fleet-a"),
         ({"NVLLM_REDIS_TIMEOUT": "0.5"}, "redis_timeout", 0.5),
-        ({"NVLLM_JWT_SECRET": "s3cret-s3cret-s3cret-s3cret-s3cret"}, "jwt_secret", "s3cret-s3cret-s3cret-s3cret-s3cret"),
+        ({"NVLLM_JWT_SECRET": "s3cret-s3cret-s3cret-s3cret"}, "jwt_secret", "s3cret-s3cret-s3cret-s3cret"),
         ({"NVLLM_JWT_SECRET": ""}, "jwt_secret", None),
         ({"NVLLM_TOKEN_TTL": "3600"}, "token_ttl", 3600),
         ({"NVLLM_ADMIN_PASSWORD": "hunter2hunter2"}, "admin_password", "hunter2hunter2"),

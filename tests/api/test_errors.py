@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import pytest
 
 from main import create_app
-from tests.conftest import PASSWORD
-from tests.helpers import app_routes, error_text, ok_data
+from tests.helpers import ADMIN_PASSWORD, PASSWORD, app_routes, error_text, ok_data
 
 NODE = "/api/node/node"
 API_ROUTES = [r for r in app_routes() if r[1].startswith("/api/")]
 # A body each route accepts, so that only the storage can fail it.
 BODIES = {
-    ("POST", "/api/user/login"): {"username": "admin", "password": "admin-password-for-tests"},
+    ("POST", "/api/user/login"): {"username": "admin", "password": ADMIN_PASSWORD},
     ("POST", "/api/user/register"): {"username": "ops-1", "password": PASSWORD},
     ("PUT", "/api/user/update/node-001"): {"role": "user"},
     ("POST", "/api/node/node/register"): {"node_id": "node-001"},
@@ -139,7 +139,7 @@ def test_an_app_started_while_redis_was_down_works_once_it_is_back(settings, ser
     server.connected = False
     app = create_app(settings, redis_client=fakeredis.FakeRedis(server=server, decode_responses=True), clock=clock)
     client = app.test_client()
-    login = {"username": "admin", "password": "admin-password-for-tests"}
+    login = {"username": "admin", "password": ADMIN_PASSWORD}
     error_text(client.post("/api/user/login", json=login), 503)
     server.connected = True
     # The admin was not bootstrapped; a restart with Redis up does it.
@@ -189,8 +189,8 @@ def test_cors_origins_from_the_environment(monkeypatch, redis, clock):
     from config import Settings
 
     monkeypatch.setenv("NVLLM_CORS_ORIGINS", "https://a.example, https://b.example")
-    monkeypatch.setenv("NVLLM_ADMIN_PASSWORD", "admin-password-for-tests")
-    settings = Settings.from_env(__import__("os").environ, password_hash_n=2**4)
+    monkeypatch.setenv("NVLLM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    settings = Settings.from_env(os.environ, password_hash_n=2**4)
     client = create_app(settings, redis_client=redis, clock=clock).test_client()
     for origin in ("https://a.example", "https://b.example"):
         assert client.get("/healthz", headers={"Origin": origin}).headers["Access-Control-Allow-Origin"] == origin

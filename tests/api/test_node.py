@@ -516,7 +516,7 @@ def test_retention_then_the_node_disappears(client, worker, register, clock, red
 @pytest.mark.parametrize("retention", [0, 10])
 def test_retention_is_configurable(settings, redis, clock, retention):
     from main import create_app
-    from tests.conftest import ADMIN_PASSWORD
+    from tests.helpers import ADMIN_PASSWORD
 
     app = create_app(settings.replace(node_retention=retention), redis_client=redis, clock=clock)
     client = app.test_client()

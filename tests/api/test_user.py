@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import fakeredis
 import pytest
 
 from main import create_app
-from tests.conftest import ADMIN_PASSWORD, PASSWORD
-from tests.helpers import error_text, ok_data
+from tests.helpers import ADMIN_PASSWORD, PASSWORD, error_text, ok_data
 
 LOGIN = "/api/user/login"
 ROUTE = "/api/node/node/all"
@@ -189,10 +190,8 @@ def test_a_generated_secret_is_shared_by_apps_on_one_redis(settings, server, clo
 
 
 def test_a_generated_secret_is_random_per_redis(settings, clock):
-    apps = [
-        create_app(settings, redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True), clock=clock)
-        for _ in range(2)
-    ]
+    clients = [fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True) for _ in range(2)]
+    apps = [create_app(settings, redis_client=client, clock=clock) for client in clients]
     a, b = (app.test_client() for app in apps)
     error_text(b.get(ROUTE, headers=bearer(login(a))), 401)
     secrets = [app.extensions["redis"].get("nvllm:secret:jwt") for app in apps]
@@ -203,7 +202,7 @@ def test_a_configured_secret_overrides_the_generated_one(settings, server, clock
     monkeypatch.setenv("NVLLM_JWT_SECRET", "a-configured-secret-that-is-long-enough")
     from config import Settings
 
-    configured = Settings.from_env(__import__("os").environ, admin_password=ADMIN_PASSWORD, password_hash_n=2**4)
+    configured = Settings.from_env(os.environ, admin_password=ADMIN_PASSWORD, password_hash_n=2**4)
     assert configured.jwt_secret == "a-configured-secret-that-is-long-enough"
 
     def make(s):

@@ -8,8 +8,7 @@ import json
 import jwt
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, PASSWORD
-from tests.helpers import app_routes, error_text, is_public, ok_data
+from tests.helpers import ADMIN_PASSWORD, PASSWORD, app_routes, error_text, is_public, ok_data
 
 PROTECTED = [r for r in app_routes() if not is_public(r[1])]
 

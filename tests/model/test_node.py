@@ -80,7 +80,9 @@ def test_good_node_ids(good):
     assert validate_node_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", ":", "a:b", "*", "a*", "?", "[a]", " x", "x ", "x\n", "-x", "_x", ".x", "x" * 129, "节点", "ａ"])
+@pytest.mark.parametrize(
+    "bad", ["", ":", "a:b", "*", "a*", "?", "[a]", " x", "x ", "x\n", "-x", "_x", ".x", "x" * 129, "节点", "ａ"]
+)
 def test_bad_node_ids(bad):
     with pytest.raises(ValidationError):
         validate_node_id(bad)

@@ -33,7 +33,9 @@ def test_a_hash_keeps_its_own_work_factor():
     assert verify_password("pw", hash_password("pw", n=2**5))
 
 
-@pytest.mark.parametrize("stored", ["", "plain", "md5$x", "scrypt$a$b$c$d$e", "scrypt$16$8$1$!!$!!", "bcrypt$16$8$1$AA==$AA=="])
+@pytest.mark.parametrize(
+    "stored", ["", "plain", "md5$x", "scrypt$a$b$c$d$e", "scrypt$16$8$1$!!$!!", "bcrypt$16$8$1$AA==$AA=="]
+)
 def test_a_malformed_hash_never_verifies(stored):
     assert verify_password("pw", stored) is False
 
