@@ -24,7 +24,7 @@ def _retention() -> int:
 @bp.post("/register")
 @require_role("worker")
 def register() -> Response:
-    node = nodes.register(get_stores().nodes, json_body(), now=_now())
+    node = nodes.register(get_stores().nodes, json_body(), now=_now(), retention=_retention())
     return ok(node.to_dict(_now()))
 
 
@@ -32,7 +32,7 @@ def register() -> Response:
 @require_role("worker")
 def update(node_id: str) -> Response:
     now = _now()
-    node = nodes.update(get_stores().nodes, node_id, json_body(), now=now)
+    node = nodes.update(get_stores().nodes, node_id, json_body(), now=now, retention=_retention())
     return ok(node.to_dict(now))
 
 

@@ -43,6 +43,12 @@ class NodeStore:
         return Node.from_redis(mapping) if mapping else None
 
     @storage_errors
+    def purge(self, node_id: str, cutoff: float) -> None:
+        """Forget this node if its expiry is before `cutoff` (atomic)."""
+        keys = [self.keys.node(node_id), self.keys.nodes_by_expiry()]
+        self._purge(keys=keys, args=[node_id, cutoff])
+
+    @storage_errors
     def flag(self, node_id: str, fields: dict[str, str]) -> bool:
         """Set raw hash fields of an existing node without a heartbeat."""
         args: list[str] = []

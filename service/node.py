@@ -10,16 +10,25 @@ from model.errors import NodeNotFound, ValidationError
 from model.node import Node, NodeStatus, validate_changes, validate_node_id
 
 
-def register(store: NodeStore, payload: Any, *, now: float) -> Node:
-    """Upsert: a node registering again under its id keeps its create_time."""
-    return store.save(Node.from_payload(payload, now=now))
+def register(store: NodeStore, payload: Any, *, now: float, retention: float | None = None) -> Node:
+    """Upsert: a node registering again under its id keeps its create_time,
+    unless its retention ran out (then it starts afresh)."""
+    node = Node.from_payload(payload, now=now)
+    if retention is not None:
+        store.purge(node.node_id, now - retention)
+    return store.save(node)
 
 
-def update(store: NodeStore, node_id: str, payload: Any, *, now: float) -> Node:
+def update(
+    store: NodeStore, node_id: str, payload: Any, *, now: float, retention: float | None = None
+) -> Node:
     """Change only the fields sent, merge node_info field by field, and count as a
-    heartbeat. Raises NodeNotFound, and never recreates a deleted node."""
+    heartbeat. Raises NodeNotFound, and never recreates a deleted node, nor one
+    whose retention ran out (reads already answer 404 for it)."""
     validate_node_id(node_id)
     changes = validate_changes(payload, allow_id=False)
+    if retention is not None:
+        store.purge(node_id, now - retention)
     node = store.update(node_id, changes, now)
     if node is None:
         raise NodeNotFound(node_id)

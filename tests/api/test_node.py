@@ -614,3 +614,16 @@ def test_a_small_chunked_body_is_read(client, worker):
 def test_an_oversized_chunked_body_is_413(client, worker, redis, raw):
     assert "too large" in error_text(chunked(client, worker, raw), 413)
     assert node_keys(redis) == []
+
+
+def test_a_node_past_retention_is_gone_for_writes_too(client, worker, register, clock, settings, redis):
+    """Whether or not a listing purged it yet, a forgotten node is not revived
+    by a heartbeat, and a new registration starts it afresh."""
+    register()
+    clock.advance(60 + settings.node_retention + 1)
+    error_text(client.get(f"{BASE}/get_node/node-001", headers=worker), 404)
+    error_text(client.put(f"{BASE}/update/node-001", json={"node_status": "online"}, headers=worker), 404)
+    error_text(client.get(f"{BASE}/get_node/node-001", headers=worker), 404)
+    assert node_keys(redis) == []
+    data = register()
+    assert data["create_time"] == data["update_time"] == "2024-01-01T01:01:01"

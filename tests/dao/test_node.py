@@ -125,3 +125,13 @@ def test_every_node_method_maps_storage_errors(nodes, server):
     for call in calls:
         with pytest.raises(StorageUnavailable):
             call()
+
+
+def test_purge_one_node_only_past_the_cutoff(nodes, redis):
+    nodes.save(make("n", timeout=10))
+    nodes.purge("n", NOW + 10)  # expiry not before the cutoff: kept
+    assert nodes.load("n") is not None
+    nodes.purge("n", NOW + 10.5)
+    assert nodes.load("n") is None and redis.keys("*") == []
+    nodes.purge("missing", NOW)
+    assert redis.keys("*") == []

@@ -128,3 +128,21 @@ def test_listing_does_not_change_a_node(store):
     nodes.register(store, {"node_id": "n1", "node_status": "draining"}, now=NOW)
     nodes.list_nodes(store, now=NOW + 100, retention=RETENTION)
     assert store.load("n1").node_status is NodeStatus.DRAINING
+
+
+def test_writes_after_retention_start_afresh(store, redis):
+    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    later = NOW + 10 + RETENTION + 1
+    with pytest.raises(NodeNotFound):
+        nodes.update(store, "n1", {}, now=later, retention=RETENTION)
+    assert redis.keys("*") == []
+    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    again = nodes.register(store, {"node_id": "n1"}, now=later, retention=RETENTION)
+    assert again.create_time == later
+
+
+def test_writes_within_retention_keep_the_node(store):
+    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    end = NOW + 10 + RETENTION
+    assert nodes.update(store, "n1", {}, now=end, retention=RETENTION).create_time == NOW
+    assert nodes.register(store, {"node_id": "n1"}, now=end + 5, retention=RETENTION).create_time == NOW
