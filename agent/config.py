@@ -43,8 +43,8 @@ class Option:
 
 OPTIONS = (
     Option("--server", "NVLLM_SERVER", "(required)", "nvllm's base URL, e.g. http://nvllm.internal:5000"),
-    Option("--token", "NVLLM_TOKEN", "(required)", "a worker-role token; prefer the variable or --token-file, "
-           "since flags show in `ps`"),
+    Option("--token", "NVLLM_TOKEN", "(required)",
+           "a worker-role token; prefer the variable or --token-file, since flags show in `ps`"),
     Option("--token-file", "NVLLM_TOKEN_FILE", "-", "read the token from this file instead"),
     Option("--vllm", "VLLM_URL", DEFAULT_VLLM, "the vLLM server's base URL, as the agent reaches it"),
     Option("--vllm-api-key", "VLLM_API_KEY", "-", "vLLM's --api-key, sent to its /v1/models"),
@@ -57,8 +57,8 @@ OPTIONS = (
            "without a heartbeat before nvllm shows it offline"),
     Option("--node-type", "NVLLM_NODE_TYPE", "worker", "the node's `node_type`"),
     Option("--remark", "NVLLM_REMARK", "-", "the node's `remark` (nvllm's default when unset)"),
-    Option("--drain-grace", "NVLLM_DRAIN_GRACE", f"{DEFAULT_DRAIN_GRACE:g}", "on SIGTERM, seconds to wait for "
-           "in-flight requests before deregistering anyway"),
+    Option("--drain-grace", "NVLLM_DRAIN_GRACE", f"{DEFAULT_DRAIN_GRACE:g}",
+           "on SIGTERM, seconds to wait for in-flight requests before deregistering anyway"),
     Option("--log-level", "NVLLM_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Option("--log-json", "NVLLM_LOG_JSON", "off", "one JSON object per log line", is_switch=True),
 )

@@ -201,10 +201,11 @@ class Agent:
             changes["node_info"] = seen.load.to_node_info()
         if seen.models is not None and seen.models != self.sent_models:
             changes["models"] = seen.models
-            log.info("models changed: %s", ", ".join(seen.models) or "none listed")
         node = self.nvllm.update(self.config.node_id, changes)
         self.sent_status = changes.get("node_status", self.sent_status)
-        self.sent_models = changes.get("models", self.sent_models)
+        if "models" in changes:
+            self.sent_models = changes["models"]
+            log.info("models changed: %s", ", ".join(self.sent_models) or "none listed")
         self._note_outside_status(node)
 
     def _note_outside_status(self, node: Any) -> None:
@@ -273,9 +274,11 @@ class Agent:
         0 when nvllm cannot say: then no balancer can route to the node either."""
         try:
             self.nvllm.update(self.config.node_id, {})
-            return int(self.nvllm.status(self.config.node_id).get("inflight", 0))
-        except (NvllmError, AttributeError, TypeError, ValueError):
+            status = self.nvllm.status(self.config.node_id)
+        except NvllmError:
             return 0
+        inflight = status.get("inflight") if isinstance(status, dict) else None
+        return inflight if isinstance(inflight, int) and inflight > 0 else 0
 
     def deregister(self) -> None:
         for attempt in range(1, DEREGISTER_ATTEMPTS + 1):

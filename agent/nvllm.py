@@ -35,7 +35,9 @@ class NodeGone(NvllmError):
 class NvllmClient:
     """Calls /api/node/node/* with the worker's Bearer token."""
 
-    def __init__(self, server: str, token: str, timeout: float, pool: urllib3.PoolManager | None = None) -> None:
+    def __init__(
+        self, server: str, token: str, timeout: float, pool: urllib3.PoolManager | None = None
+    ) -> None:
         self._base = f"{server.rstrip('/')}/api/node/node"
         # Kept only in the headers: never in a message, a repr or the log.
         self._headers = {
