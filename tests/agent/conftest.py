@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from tests.integration.conftest import (  # noqa: F401 - start_service is a fixture
     ROOT,
     Service,
-    _wait_healthy,
     start_service,
     wait_for,
 )
@@ -48,12 +48,21 @@ def restart_nvllm(tmp_path: Path) -> Iterator[Callable[[Service], Service]]:
             )
         service = Service(process, old.port, old.data_dir, log_path, old.env)
         started.append(service)
-        _wait_healthy(service)
+        wait_for(lambda: _healthy(service), 30, "nvllm to answer /healthz after its restart")
         return service
 
     yield restart
     for service in started:
         service.stop()
+
+
+def _healthy(service: Service) -> bool:
+    if not service.alive():
+        pytest.fail(f"nvllm exited with {service.process.returncode}:\n{service.log()[-3000:]}")
+    try:
+        return service.request("GET", "/healthz", timeout=1).status == 200
+    except urllib3.exceptions.HTTPError:
+        return False
 
 
 @pytest.fixture
