@@ -30,6 +30,7 @@ def bearer(response) -> dict[str, str]:
 def test_bootstrap_admin_logs_in_with_the_configured_password(client):
     data = ok_data(login(client))
     assert set(data) == {"token", "expires_in", "role"}
+    assert data["token"].count(".") == 2  # a JWT, as the seed shows
     assert data["role"] == "admin"
     ok_data(client.get(ROUTE, headers=bearer(login(client))))
 

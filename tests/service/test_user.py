@@ -22,7 +22,12 @@ def store(redis) -> UserStore:
 
 def login(store, username="admin", password=PASSWORD, addr="10.0.0.1", max_failures=3):
     return users.login(
-        store, {"username": username, "password": password}, client_addr=addr, max_failures=max_failures, window=60
+        store,
+        {"username": username, "password": password},
+        client_addr=addr,
+        max_failures=max_failures,
+        window=60,
+        hash_n=N,
     )
 
 
