@@ -149,7 +149,11 @@ def _create_app(settings: Settings) -> Any:
 def close_app(app: Any) -> None:
     """Stop an app's background work and withdraw its in-flight counts, so
     other instances do not see this one's load after it is gone."""
-    proxy = getattr(app, "extensions", {}).get("nvllm.proxy")
+    extensions = getattr(app, "extensions", {})
+    prober = extensions.get("nvllm.prober")
+    if prober is not None:
+        prober.close()
+    proxy = extensions.get("nvllm.proxy")
     if proxy is not None:
         proxy.fleet.close()
 
