@@ -192,6 +192,9 @@ class Fleet:
     def release(self, state: NodeState) -> None:
         with self._lock:
             state.local_inflight = max(0, state.local_inflight - 1)
+            # A trial that ended with neither verdict (429, client gone) must
+            # not keep the node out for good: the next one may start.
+            state.breaker.trial_running = False
 
     def record_success(self, state: NodeState) -> None:
         state.served += 1

@@ -1,0 +1,389 @@
+"""Routing policies: the load cost, prefix affinity, near-tie spreading, the
+simple policies, prompt hashing, and which nodes Proxy.select may pick."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dao.inflight import InflightStore
+from dao.keys import Keys
+from dao.node import NodeStore
+from model.errors import NoRoutableNode
+from model.node import Node, NodeInfo, NodeStatus
+from service.balancer import (
+    BLOCK_CHARS,
+    MAX_BLOCKS,
+    LeastInflightPolicy,
+    LoadPolicy,
+    PrefixIndex,
+    RandomPolicy,
+    RoundRobinPolicy,
+    RouteRequest,
+    make_policy,
+    prefix_blocks,
+    prompt_text,
+    route_request,
+)
+from service.fleet import Fleet, NodeState
+from service.proxy import Proxy, UpstreamConfig
+from tests.helpers import START
+
+
+def state(
+    node_id: str,
+    *,
+    inflight: int = 0,
+    running: int = 0,
+    waiting: int = 0,
+    kv: float | None = None,
+    token_time: float | None = None,
+    models: list[str] | None = None,
+) -> NodeState:
+    node = Node(
+        node_id,
+        node_status=NodeStatus.ONLINE,
+        node_info=NodeInfo(running=running, waiting=waiting),
+        models=models or [],
+        update_time=START,
+    )
+    s = NodeState(node, local_inflight=inflight, kv_usage=kv, token_time=token_time)
+    s.take_report(node)
+    if kv is not None:
+        s.kv_usage = kv
+    return s
+
+
+def prompt(seed: str, blocks: int) -> str:
+    """Text of exactly `blocks` whole prefix blocks, distinct per seed."""
+    return (seed * BLOCK_CHARS * blocks)[: BLOCK_CHARS * blocks]
+
+
+# --- the load cost ---
+
+
+def test_cost_is_token_time_times_load_plus_one():
+    costs = LoadPolicy.costs([state("a", token_time=0.02, inflight=3), state("b", token_time=0.01)])
+    assert costs == {"a": pytest.approx(0.02 * 4), "b": pytest.approx(0.01 * 1)}
+
+
+def test_load_is_the_larger_of_inflight_and_reported_queue():
+    reported = state("a", token_time=1.0, inflight=2, running=3, waiting=4)  # report says 7
+    counted = state("b", token_time=1.0, inflight=9, running=1, waiting=1)  # we sent 9
+    costs = LoadPolicy.costs([reported, counted])
+    assert costs == {"a": 8.0, "b": 10.0}
+
+
+def test_unmeasured_node_gets_the_fleet_median_speed():
+    costs = LoadPolicy.costs(
+        [state("a", token_time=0.01), state("b", token_time=0.03), state("c", token_time=0.05), state("new")]
+    )
+    assert costs["new"] == pytest.approx(0.03)
+
+
+def test_no_node_measured_means_unit_speed():
+    assert LoadPolicy.costs([state("a", inflight=2), state("b")]) == {"a": 3.0, "b": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("kv", "penalty"), [(None, 1.0), (0.0, 1.0), (0.9, 1.0), (0.95, 1.5), (1.0, 2.0)]
+)
+def test_kv_penalty_starts_above_ninety_percent(kv, penalty):
+    assert LoadPolicy.costs([state("a", kv=kv)])["a"] == pytest.approx(penalty)
+
+
+def test_load_policy_picks_the_cheapest_and_says_why():
+    decision = LoadPolicy().choose([state("a", inflight=4), state("b", inflight=1)], RouteRequest())
+    assert decision.state.node_id == "b"
+    assert decision.reason == "load cost=2"
+
+
+def test_a_faster_node_takes_more_before_it_costs_more():
+    fast, slow = state("fast", token_time=0.01, inflight=1), state("slow", token_time=0.02, inflight=0)
+    # fast: 0.01 * 2 = 0.02 ties slow: 0.02 * 1; one more to fast tips it over.
+    fast.local_inflight = 2
+    assert LoadPolicy().choose([fast, slow], RouteRequest()).state.node_id == "slow"
+    fast.local_inflight = 0
+    assert LoadPolicy().choose([fast, slow], RouteRequest()).state.node_id == "fast"
+
+
+# --- prefix affinity ---
+
+
+def test_affinity_sends_a_shared_prefix_back_to_its_node():
+    policy = LoadPolicy(affinity_slack=0.5)
+    request = RouteRequest(blocks=prefix_blocks(prompt("x", 4)))
+    a, b = state("a", inflight=1), state("b", inflight=0)
+    policy.routed(a, request)
+    decision = policy.choose([a, b], request)  # a costs 2, b costs 1: not within 1.5x
+    assert decision.state.node_id == "b"
+    a.local_inflight = 0
+    b.local_inflight = 1
+    decision = policy.choose([a, b], request)
+    assert decision.state.node_id == "a"
+    assert decision.reason == "load affinity=4 cost=1"
+
+
+@pytest.mark.parametrize(("affine_load", "held"), [(1, True), (2, True), (3, False)])
+def test_affinity_holds_only_within_the_slack(affine_load, held):
+    policy = LoadPolicy(affinity_slack=0.5)
+    request = RouteRequest(blocks=prefix_blocks(prompt("y", 2)))
+    # The cheapest costs 2 (load 1); the affine node costs 2 or 3 (held: at most
+    # 1.5 x 2) or 4 (not held).
+    affine, other = state("affine", inflight=affine_load), state("other", inflight=1)
+    policy.routed(affine, request)
+    chosen = policy.choose([affine, other], request).state.node_id
+    assert (chosen == "affine") is held
+
+
+def test_affinity_prefers_the_longest_matching_chain():
+    policy = LoadPolicy()
+    shared = prompt("s", 2)
+    short = RouteRequest(blocks=prefix_blocks(shared))
+    long = RouteRequest(blocks=prefix_blocks(shared + prompt("t", 2)))
+    a, b, c = state("a"), state("b"), state("c")
+    policy.routed(a, short)
+    policy.routed(b, long)
+    longer_still = RouteRequest(blocks=prefix_blocks(shared + prompt("t", 2) + prompt("u", 1)))
+    decision = policy.choose([a, b, c], longer_still)
+    assert decision.state.node_id == "b"
+    assert "affinity=4" in decision.reason
+
+
+def test_affinity_ignores_an_owner_that_is_not_a_candidate():
+    policy = LoadPolicy()
+    request = RouteRequest(blocks=prefix_blocks(prompt("z", 3)))
+    policy.routed(state("gone"), request)
+    decision = policy.choose([state("a", inflight=1), state("b")], request)
+    assert decision.state.node_id == "b"
+    assert "affinity" not in decision.reason
+
+
+def test_prefix_index_forgets_least_recently_used_blocks():
+    index = PrefixIndex(capacity=3)
+    blocks = prefix_blocks(prompt("q", 4))
+    index.record(blocks[:2], "a")
+    index.record(blocks[2:4], "b")  # evicts blocks[0]
+    assert index.longest_match(blocks[:1], {"a", "b"}) == (None, 0)
+    assert index.longest_match(blocks[:2], {"a", "b"}) == ("a", 2)
+    assert index.longest_match(blocks, {"a", "b"}) == ("b", 4)
+    assert index.longest_match(blocks, {"a"}) == ("a", 2)
+
+
+# --- near ties ---
+
+
+def test_near_ties_are_broken_by_rendezvous_and_instances_agree():
+    request = RouteRequest(blocks=prefix_blocks(prompt("r", 2)))
+    candidates = [state("a", token_time=1.0), state("b", token_time=1.05), state("c", token_time=1.09)]
+    first = LoadPolicy().choose(candidates, request).state.node_id
+    for _ in range(5):  # a fresh policy is another instance deciding from the same view
+        assert LoadPolicy().choose(list(reversed(candidates)), request).state.node_id == first
+
+
+def test_near_ties_spread_different_prompts_over_the_tied_nodes():
+    candidates = [state("a"), state("b"), state("c")]
+    chosen = {
+        LoadPolicy().choose(candidates, RouteRequest(blocks=prefix_blocks(f"prompt {i} " * 60))).state.node_id
+        for i in range(60)
+    }
+    assert chosen == {"a", "b", "c"}
+
+
+def test_a_node_more_than_ten_percent_dearer_is_never_a_tie():
+    for i in range(40):
+        request = RouteRequest(blocks=prefix_blocks(f"{i} " * BLOCK_CHARS))
+        decision = LoadPolicy().choose([state("a", token_time=1.0), state("b", token_time=1.11)], request)
+        assert decision.state.node_id == "a"
+
+
+def test_near_ties_without_a_prompt_are_spread_at_random():
+    random.seed(7)
+    candidates = [state("a"), state("b")]
+    chosen = {LoadPolicy().choose(candidates, RouteRequest()).state.node_id for _ in range(50)}
+    assert chosen == {"a", "b"}
+
+
+# --- what a prompt hashes to ---
+
+
+def test_prompt_text_of_chat_messages():
+    body = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+            "not a message",
+            {"role": "assistant", "content": None},
+        ]
+    }
+    assert prompt_text(body) == "system:be brief\nuser:hi there\nassistant:\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"prompt": "once upon"}, "once upon"),
+        ({"prompt": ["first", "second"]}, "first"),
+        ({"prompt": [1, 2, 3]}, ""),  # token ids: nothing to hash as text
+        ({"input": "embed me"}, "embed me"),
+        ({"input": ["a", "b"]}, "a"),
+        ({"input": []}, ""),
+        ({"model": "m"}, ""),
+    ],
+)
+def test_prompt_text_of_completions_and_embeddings(body, text):
+    assert prompt_text(body) == text
+
+
+def test_prefix_blocks_cover_whole_blocks_only():
+    assert prefix_blocks("") == []
+    assert prefix_blocks("x" * (BLOCK_CHARS - 1)) == []
+    assert len(prefix_blocks("x" * (BLOCK_CHARS * 3 + 10))) == 3
+
+
+def test_prefix_blocks_are_capped():
+    assert len(prefix_blocks("x" * BLOCK_CHARS * (MAX_BLOCKS + 5))) == MAX_BLOCKS
+
+
+def test_prefix_blocks_chain_so_a_block_stands_for_everything_before_it():
+    a = prefix_blocks(prompt("a", 2) + prompt("c", 1))
+    b = prefix_blocks(prompt("b", 2) + prompt("c", 1))
+    same = prefix_blocks(prompt("a", 2) + prompt("d", 1))
+    assert a[:2] == same[:2] and a[2] != same[2]
+    assert a[2] != b[2]  # the same third block after different prefixes
+    assert len(set(a)) == 3
+
+
+def test_prefix_blocks_take_any_unicode():
+    assert len(prefix_blocks("节点\ud800" * BLOCK_CHARS)) == 3
+
+
+def test_route_request_reads_model_and_prompt():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * BLOCK_CHARS * 2}]}
+    request = route_request(body)
+    assert request.model == "m"
+    assert request.blocks == prefix_blocks(prompt_text(body))
+    assert route_request({"model": 42}).model is None
+
+
+# --- the simple policies ---
+
+
+def test_round_robin_cycles_in_node_id_order():
+    policy = RoundRobinPolicy()
+    candidates = [state("c"), state("a"), state("b")]
+    picks = [policy.choose(candidates, RouteRequest()).state.node_id for _ in range(6)]
+    assert picks == ["a", "b", "c", "a", "b", "c"]
+    assert policy.choose(candidates, RouteRequest()).reason == "round_robin"
+
+
+def test_least_inflight_picks_the_fewest_and_spreads_ties():
+    policy = LeastInflightPolicy()
+    candidates = [state("a", inflight=2), state("b", inflight=1), state("c", inflight=1)]
+    chosen = {policy.choose(candidates, RouteRequest()).state.node_id for _ in range(40)}
+    assert chosen == {"b", "c"}
+    assert policy.choose(candidates, RouteRequest()).reason == "least_inflight inflight=1"
+
+
+def test_random_picks_only_candidates():
+    policy = RandomPolicy()
+    chosen = {policy.choose([state("a"), state("b")], RouteRequest()).state.node_id for _ in range(60)}
+    assert chosen == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("load", LoadPolicy), ("round_robin", RoundRobinPolicy), ("random", RandomPolicy),
+     ("least_inflight", LeastInflightPolicy)],
+)
+def test_make_policy_by_name(name, kind):
+    policy = make_policy(name)
+    assert isinstance(policy, kind) and policy.name == name
+
+
+def test_make_policy_passes_the_affinity_slack():
+    assert make_policy("load", affinity_slack=2.0).affinity_slack == 2.0
+
+
+# --- which nodes Proxy.select may pick ---
+
+
+@pytest.fixture
+def node_store(redis) -> NodeStore:
+    return NodeStore(redis, Keys("nvllm"))
+
+
+@pytest.fixture
+def fleet(redis, node_store, clock):
+    # The refresher thread waits an hour before its first tick: the test drives
+    # refresh() itself.
+    fleet = Fleet(node_store, InflightStore(redis, Keys("nvllm")), refresh_interval=3600,
+                  eject_after=2, clock=clock)
+    yield fleet
+    fleet.close()
+
+
+def save(store: NodeStore, node_id: str, now: float, **fields) -> Node:
+    fields.setdefault("node_status", NodeStatus.ONLINE)
+    return store.save(Node(node_id, node_address="127.0.0.1", create_time=now, update_time=now, **fields))
+
+
+def picks(proxy: Proxy, model: str | None, tries: int = 40) -> set[str]:
+    return {proxy.select(RouteRequest(model=model)).state.node_id for _ in range(tries)}
+
+
+def test_select_keeps_to_nodes_serving_the_model_or_declaring_none(node_store, fleet, clock):
+    save(node_store, "a", clock(), models=["m1"])
+    save(node_store, "b", clock(), models=["m2", "m1"])
+    save(node_store, "any", clock())
+    fleet.refresh()
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    assert picks(proxy, "m1") == {"a", "b", "any"}
+    assert picks(proxy, "m2") == {"b", "any"}
+    assert picks(proxy, "other") == {"any"}
+    assert picks(proxy, None) == {"a", "b", "any"}
+
+
+def test_select_with_no_node_for_the_model_names_it(node_store, fleet, clock):
+    save(node_store, "a", clock(), models=["m1"])
+    fleet.refresh()
+    proxy = Proxy(fleet, LoadPolicy(), UpstreamConfig())
+    with pytest.raises(NoRoutableNode) as raised:
+        proxy.select(RouteRequest(model="llama-70b"))
+    assert raised.value.code == 503
+    assert "'llama-70b'" in raised.value.message
+
+
+def test_select_honours_exclude(node_store, fleet, clock):
+    save(node_store, "a", clock())
+    save(node_store, "b", clock())
+    fleet.refresh()
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    assert {proxy.select(RouteRequest(), frozenset({"a"})).state.node_id for _ in range(20)} == {"b"}
+    with pytest.raises(NoRoutableNode):
+        proxy.select(RouteRequest(), frozenset({"a", "b"}))
+
+
+def test_only_live_online_healthy_nodes_are_routable(node_store, fleet, clock):
+    now = clock()
+    save(node_store, "ok", now)
+    save(node_store, "draining", now, node_status=NodeStatus.DRAINING)
+    save(node_store, "offline", now, node_status=NodeStatus.OFFLINE)
+    save(node_store, "expired", now - 61, timeout=60)
+    save(node_store, "probe-failing", now, probe_failing=True)
+    save(node_store, "ejected", now)
+    fleet.refresh()
+    for _ in range(2):
+        fleet.record_failure(fleet.get("ejected"), "HTTP 500")
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    assert {s.node_id for s in fleet.routable()} == {"ok"}
+    assert picks(proxy, None) == {"ok"}
+
+
+def test_a_node_expires_between_refreshes(node_store, fleet, clock):
+    save(node_store, "a", clock(), timeout=10)
+    fleet.refresh()
+    assert [s.node_id for s in fleet.routable()] == ["a"]
+    clock.advance(11)
+    assert fleet.routable() == []
