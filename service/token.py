@@ -67,15 +67,12 @@ class TokenService:
             )
         except jwt.InvalidTokenError:
             raise Unauthorized("invalid token") from None
-        exp, iat = claims["exp"], claims["iat"]
-        if any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in (exp, iat)):
+        if any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in (claims["exp"], claims["iat"])):
             raise Unauthorized("invalid token")
-        if exp <= self._clock():
+        if claims["exp"] <= self._clock():
             raise Unauthorized("token expired")
         user = self._user(str(claims["sub"]))
-        # A token older than its user belongs to a removed namesake: a user
-        # removed and created again starts at token_version 0 once more.
-        if user is None or user.token_version != claims.get("ver", 0) or iat < int(user.create_time):
+        if user is None or user.token_version != claims.get("ver", 0):
             raise Unauthorized("token revoked")
         return Claims(user.username, user.role)
 

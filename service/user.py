@@ -27,6 +27,14 @@ def _dummy_hash(n: int) -> str:
     return hash_password("not-a-real-password", n=n)
 
 
+def _new_user(username: str, role: Role, password: str, *, now: float, hash_n: int) -> User:
+    """token_version starts at random, so a user removed and created again under
+    the same name does not get the removed user's tokens back (they carry its
+    version)."""
+    digest = hash_password(password, n=hash_n)
+    return User(username, role, digest, token_version=secrets.randbelow(2**31), create_time=now)
+
+
 def bootstrap_admin(store: UserStore, password: str | None, *, now: float, hash_n: int) -> str | None:
     """With no users at all, create `admin`. Returns the generated password when
     none was given (to be printed once), else None."""
@@ -35,7 +43,7 @@ def bootstrap_admin(store: UserStore, password: str | None, *, now: float, hash_
     generated = None
     if not password:
         generated = password = secrets.token_urlsafe(18)
-    user = User("admin", Role.ADMIN, hash_password(password, n=hash_n), create_time=now)
+    user = _new_user("admin", Role.ADMIN, password, now=now, hash_n=hash_n)
     if not store.create(user):
         return None  # another instance bootstrapped first
     return generated
@@ -87,7 +95,7 @@ def create_user(store: UserStore, payload: Any, *, now: float, hash_n: int) -> U
     username = validate_username(payload.get("username"))
     password = validate_password(payload.get("password"))
     role = validate_role(payload.get("role", "user"))
-    user = User(username, role, hash_password(password, n=hash_n), create_time=now)
+    user = _new_user(username, role, password, now=now, hash_n=hash_n)
     if not store.create(user):
         raise Conflict(f"user {username!r} already exists")
     return user

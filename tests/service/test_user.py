@@ -71,13 +71,14 @@ def test_an_unknown_user_counts_as_a_failure(store):
 def test_create_update_delete(store):
     users.bootstrap_admin(store, PASSWORD, now=NOW, hash_n=N)
     created = users.create_user(store, {"username": "ops", "password": PASSWORD, "role": "worker"}, now=NOW, hash_n=N)
-    assert created.role is Role.WORKER and created.token_version == 0
+    assert created.role is Role.WORKER
+    first = created.token_version
     with pytest.raises(Conflict):
         users.create_user(store, {"username": "ops", "password": PASSWORD}, now=NOW, hash_n=N)
     updated = users.update_user(store, "ops", {"role": "user"}, hash_n=N)
-    assert updated.role is Role.USER and updated.token_version == 1
+    assert updated.role is Role.USER and updated.token_version == first + 1
     users.update_user(store, "ops", {"password": "another-password"}, hash_n=N)
-    assert login(store, "ops", "another-password").token_version == 2
+    assert login(store, "ops", "another-password").token_version == first + 2
     users.delete_user(store, "ops")
     with pytest.raises(UserNotFound):
         users.get_user(store, "ops")
@@ -109,3 +110,13 @@ def test_a_role_check_runs_before_a_password_change(store):
     with pytest.raises(Conflict):
         users.update_user(store, "admin", {"password": "another-password", "role": "user"}, hash_n=N)
     assert login(store).username == "admin"
+
+
+def test_a_user_created_again_starts_at_another_token_version(store):
+    users.create_user(store, {"username": "ops", "password": PASSWORD}, now=NOW, hash_n=N)
+    versions = {store.load("ops").token_version}
+    for _ in range(3):
+        users.delete_user(store, "ops")
+        users.create_user(store, {"username": "ops", "password": PASSWORD}, now=NOW, hash_n=N)
+        versions.add(store.load("ops").token_version)
+    assert len(versions) == 4
