@@ -39,7 +39,9 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(FAKE_REQS) | $(P
 run: $(VENV)/.installed-run
 	exec $(PY) main.py $(ARGS)
 
-test: pytest smoke
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory smoke
 
 pytest: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from config import Settings
 
@@ -192,7 +194,14 @@ def _read_state(data_dir: Path) -> dict[str, Any] | None:
 def _answers(port: int, password: str) -> bool:
     """True when a server on `port` takes `password` and answers PING."""
     client = redis.Redis(
-        host=HOST, port=port, password=password, socket_timeout=1, socket_connect_timeout=1
+        host=HOST,
+        port=port,
+        password=password,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        # One try: redis-py's default retries with back-off for seconds, and
+        # the callers poll anyway.
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         return bool(client.ping())

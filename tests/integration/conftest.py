@@ -121,6 +121,10 @@ class Service:
         reply = self.http.request(method, self.base_url + path, body=payload, headers=sent, timeout=timeout)
         return Answer(reply.status, reply.headers, reply.data.decode("utf-8", "replace"))
 
+    def api(self, method: str, path: str, *, token: str | None = None, body: Any = None) -> Any:
+        """The `data` of a request that must succeed."""
+        return self.request(method, path, token=token, body=body).data
+
     def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
         answer = self.request("POST", "/api/user/login", body={"username": username, "password": password})
         return answer.data["token"]
@@ -165,7 +169,9 @@ def service_env(data_dir: Path, redis_url: str | None, extra: dict[str, str]) ->
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """`python main.py ARGS` with `stdin` piped in."""
     return subprocess.run(
         [sys.executable, "main.py", *args],

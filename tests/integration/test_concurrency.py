@@ -75,33 +75,39 @@ def test_fifty_concurrent_writers_lose_nothing(start_service, redis_url):
         assert shared["node_info"][field] in last_round, (field, shared["node_info"])
 
 
+def race_delete_against_heartbeats(service, token: str, node_id: str) -> list[int]:
+    """Register, then one delete and 20 heartbeat loops released at once;
+    the heartbeats' statuses."""
+    service.api("POST", "/api/node/node/register", token=token, body=node_body(node_id))
+    barrier = threading.Barrier(21)
+    statuses: list[int] = []
+
+    def heartbeat(n: int) -> None:
+        barrier.wait()
+        for _ in range(5):
+            answer = service.request("PUT", f"/api/node/node/update/{node_id}", token=token,
+                                     body={"node_info": {"running": n}})
+            statuses.append(answer.status)
+
+    def delete() -> int:
+        barrier.wait()
+        return service.request("DELETE", f"/api/node/node/delete/{node_id}", token=token).status
+
+    with ThreadPoolExecutor(21) as pool:
+        beats = [pool.submit(heartbeat, n) for n in range(20)]
+        deleted = pool.submit(delete)
+        for beat in beats:
+            beat.result()
+        assert deleted.result() == 200
+    return statuses
+
+
 def test_delete_racing_heartbeats_stays_deleted(start_service, redis_url):
     service = start_service(redis_url)
     token = service.login()
     for attempt in range(3):
         node_id = f"racer-{attempt}"
-        service.request("POST", "/api/node/node/register", token=token, body=node_body(node_id)).data
-        barrier = threading.Barrier(21)
-        statuses: list[int] = []
-
-        def heartbeat(n: int, node_id: str = node_id) -> None:
-            barrier.wait()
-            for _ in range(5):
-                answer = service.request("PUT", f"/api/node/node/update/{node_id}", token=token,
-                                         body={"node_info": {"running": n}})
-                statuses.append(answer.status)
-
-        def delete(node_id: str = node_id) -> int:
-            barrier.wait()
-            return service.request("DELETE", f"/api/node/node/delete/{node_id}", token=token).status
-
-        with ThreadPoolExecutor(21) as pool:
-            beats = [pool.submit(heartbeat, n) for n in range(20)]
-            deleted = pool.submit(delete)
-            for beat in beats:
-                beat.result()
-            assert deleted.result() == 200
-
+        statuses = race_delete_against_heartbeats(service, token, node_id)
         # Heartbeats before the delete succeeded, after it got 404; none
         # brought the node back.
         assert set(statuses) <= {200, 404}, statuses
@@ -109,5 +115,5 @@ def test_delete_racing_heartbeats_stays_deleted(start_service, redis_url):
                                 body={"node_info": {"running": 1}})
         assert after.status == 404, after.text
         assert service.request("GET", f"/api/node/node/get_node/{node_id}", token=token).status == 404
-        listed = service.request("GET", "/api/node/node/all", token=token).data
+        listed = service.api("GET", "/api/node/node/all", token=token)
         assert node_id not in [n["node_id"] for n in listed]

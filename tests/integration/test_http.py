@@ -42,7 +42,7 @@ def test_debugger_is_unreachable_and_errors_carry_no_traceback(start_service, re
     # A node hash that cannot be parsed: the unexpected error becomes a
     # generic 500, its details only in the log under the trace id.
     token = service.login()
-    service.request("POST", "/api/node/node/register", token=token, body={"node_id": "broken"}).data
+    service.api("POST", "/api/node/node/register", token=token, body={"node_id": "broken"})
     store_client.hset(Keys("nvllm").node("broken"), "node_port", "not-a-port")
     answer = service.request("GET", "/api/node/node/get_node/broken", token=token,
                              headers={"X-Trace-ID": "trace-of-a-500"})
@@ -116,7 +116,7 @@ def test_stream_in_flight_finishes_on_sigterm(start_service, redis_url):
         token = service.login()
         node = {"node_id": "fake-1", "node_address": "127.0.0.1", "node_port": fake.port,
                 "node_status": "online", "models": ["fake-model"], "timeout": 300}
-        service.request("POST", "/api/node/node/register", token=token, body=node).data
+        service.api("POST", "/api/node/node/register", token=token, body=node)
         wait_for(
             lambda: service.request("GET", "/api/node/node/select?model=fake-model", token=token).status == 200,
             10, "the node to become routable",

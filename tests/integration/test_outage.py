@@ -27,7 +27,7 @@ def test_store_down_gives_503_then_recovers(start_service, own_store):
     service = start_service(own_store.url)
     token = service.login()
     node = {"node_id": "node-001", "node_status": "online", "timeout": 3600, "remark": "GPU节点1"}
-    service.request("POST", "/api/node/node/register", token=token, body=node).data
+    service.api("POST", "/api/node/node/register", token=token, body=node)
 
     own_store.process.kill()
     own_store.process.wait()
