@@ -83,7 +83,7 @@ def all_nodes() -> Response:
         now=now,
         retention=_retention(),
         status=request.args.get("status"),
-        model=request.args.get("model"),
-        node_type=request.args.get("type"),
+        model=request.args.get("model") or None,
+        node_type=request.args.get("type") or None,
     )
     return ok([n.to_dict(now) for n in found])
