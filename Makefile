@@ -40,41 +40,47 @@ run: $(VENV)/.installed-run
 	exec $(PY) main.py $(ARGS)
 
 test: $(VENV)/.installed-dev
+	@echo "$(PY) -m pytest $(PYTEST_ARGS)"
 	$(PY) -m pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory smoke
+	echo "tests/test.sh against a fresh server"
+	$(SMOKE)
 
 pytest: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+smoke: $(VENV)/.installed-dev
+	@$(SMOKE)
+
 # tests/test.sh against a server of its own: a free port, a temporary data
 # directory (so its embedded store) and a generated admin password. The
 # server is stopped, and must exit 0 on SIGTERM, whatever the outcome.
-smoke: $(VENV)/.installed-dev
-	@tmp="$$(mktemp -d)"
-	port="$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-	password="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(18))')"
-	env -u REDIS_URL -u NVLLM_JWT_SECRET NVLLM_DATA_DIR="$$tmp/data" NVLLM_ADMIN_PASSWORD="$$password" \
-	    $(PY) main.py --host 127.0.0.1 --port "$$port" >"$$tmp/server.log" 2>&1 &
-	pid=$$!
-	cleanup() {
-	    status=$$?
-	    if [[ -n "$$pid" ]]; then kill -TERM "$$pid" 2>/dev/null || true; wait "$$pid" 2>/dev/null || true; fi
-	    if [[ $$status -ne 0 ]]; then echo "--- server log:"; tail -n 40 "$$tmp/server.log"; fi
-	    rm -rf "$$tmp"
-	    exit $$status
-	}
-	trap cleanup EXIT
-	for _ in $$(seq 300); do
-	    curl -fsS -o /dev/null "http://127.0.0.1:$$port/healthz" 2>/dev/null && break
-	    kill -0 "$$pid" 2>/dev/null || { echo "smoke: nvllm exited before it was ready" >&2; exit 1; }
-	    sleep 0.1
-	done
-	BASE_URL="http://127.0.0.1:$$port" NVLLM_PASSWORD="$$password" PYTHON="$(PY)" bash tests/test.sh
-	kill -TERM "$$pid"
-	code=0; wait "$$pid" || code=$$?
-	pid=""
-	if [[ $$code -ne 0 ]]; then echo "smoke: nvllm exited with $$code on SIGTERM, expected 0" >&2; exit 1; fi
-	echo "smoke: nvllm stopped cleanly"
+define SMOKE
+tmp="$$(mktemp -d)"
+port="$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+password="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(18))')"
+env -u REDIS_URL -u NVLLM_JWT_SECRET NVLLM_DATA_DIR="$$tmp/data" NVLLM_ADMIN_PASSWORD="$$password" \
+    $(PY) main.py --host 127.0.0.1 --port "$$port" >"$$tmp/server.log" 2>&1 &
+pid=$$!
+cleanup() {
+    status=$$?
+    if [[ -n "$$pid" ]]; then kill -TERM "$$pid" 2>/dev/null || true; wait "$$pid" 2>/dev/null || true; fi
+    if [[ $$status -ne 0 ]]; then echo "--- server log:"; tail -n 40 "$$tmp/server.log"; fi
+    rm -rf "$$tmp"
+    exit $$status
+}
+trap cleanup EXIT
+for _ in $$(seq 300); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$$port/healthz" 2>/dev/null && break
+    kill -0 "$$pid" 2>/dev/null || { echo "smoke: nvllm exited before it was ready" >&2; exit 1; }
+    sleep 0.1
+done
+BASE_URL="http://127.0.0.1:$$port" NVLLM_PASSWORD="$$password" PYTHON="$(PY)" bash tests/test.sh
+kill -TERM "$$pid"
+code=0; wait "$$pid" || code=$$?
+pid=""
+if [[ $$code -ne 0 ]]; then echo "smoke: nvllm exited with $$code on SIGTERM, expected 0" >&2; exit 1; fi
+echo "smoke: nvllm stopped cleanly"
+endef
 
 lint:
 	@if $(PY) -m ruff --version >/dev/null 2>&1; then ruff=("$(PY)" -m ruff)
