@@ -65,16 +65,24 @@ def serve(settings: Settings) -> int:
     except StoreError as exc:
         print(f"nvllm: {exc}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         return 0
+    except SystemExit as exc:
+        return _exit_code(exc)
 
 
 def serve_gunicorn(settings: Settings, address: str) -> int:
     try:
         NvllmServer(settings, on_ready=lambda: _announce(address)).run()
     except SystemExit as exc:  # gunicorn always leaves through sys.exit
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return _exit_code(exc)
     return 0
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    return 1
 
 
 def serve_debug(settings: Settings, address: str) -> int:

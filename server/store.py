@@ -161,17 +161,18 @@ def _find_running(data_dir: Path, lock_fd: int, owner: str) -> str | None:
     deadline = time.monotonic() + ATTACH_TIMEOUT
     while not _try_lock(lock_fd):
         state = _read_state(data_dir)
-        if state and _answers(state["port"], state["password"]):
-            if owner == COMMAND:
-                log.debug("using the running store on %s:%s", HOST, state["port"])
-                return _url(state["port"], state["password"])
-            if state.get("owner") == SERVICE:
+        # A store that a command (`python main.py user ...`) started is gone
+        # when that command ends, so only a service's store is borrowed; for
+        # a command's, wait until it is done.
+        if state and state.get("owner") == SERVICE and _answers(state["port"], state["password"]):
+            if owner == SERVICE:
                 raise StoreError(
                     f"another nvllm (pid {state.get('owner_pid')}) already runs the embedded "
                     f"store in {data_dir}; stop it, or give this one its own NVLLM_DATA_DIR "
                     "(or share a real Redis through REDIS_URL)"
                 )
-            # A command (`python main.py user ...`) holds it: wait until it is done.
+            log.debug("using the running store on %s:%s", HOST, state["port"])
+            return _url(state["port"], state["password"])
         if time.monotonic() > deadline:
             who = f" (pid {state.get('owner_pid')})" if state else ""
             raise StoreError(

@@ -63,6 +63,19 @@ def test_a_second_process_borrows_the_running_store(tmp_path):
         assert redis.Redis.from_url(again).get("written-by") == b"owner"
 
 
+def test_a_commands_store_is_waited_for_not_borrowed(tmp_path):
+    """It would vanish under the borrower when its command ends."""
+    data_dir = tmp_path / "data"
+    with open_store(Settings(data_dir=str(data_dir))) as url:
+        waiting = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS, str(data_dir)], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(0.5)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    assert out.strip().startswith("redis://") and out.strip() != url
+
+
 def test_a_stale_state_file_is_ignored(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
