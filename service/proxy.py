@@ -46,7 +46,9 @@ DROP_REQUEST = HOP_BY_HOP | {
     "x-request-id",
     "endpoint-load-metrics-format",
 }
-DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "endpoint-load-metrics"}
+# Date and Server are the answering server's own; a node's copies would be
+# sent twice (RFC 9110 allows one Date).
+DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "endpoint-load-metrics", "date", "server"}
 LOAD_HEADER = "endpoint-load-metrics"
 
 
@@ -167,6 +169,7 @@ class Proxy:
             started = time.perf_counter()
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
+                first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
@@ -189,7 +192,7 @@ class Proxy:
             return Forwarded(
                 status=response.status,
                 headers=self._response_headers(response),
-                body=self._relay(state, response, stream, started),
+                body=self._relay(state, response, stream, started, first),
                 node_id=state.node_id,
                 reason=decision.reason,
                 attempts=attempt,
@@ -197,8 +200,8 @@ class Proxy:
         raise NodeFailed(last_cause, len(tried))
 
     def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
-        # Stream headers come at once from vLLM, so silence before them means a
-        # stuck node; a whole (non-streamed) answer may take as long as generation.
+        # A stream must start within the first-byte timeout (see _first_chunk);
+        # a whole (non-streamed) answer may take as long as generation.
         first = self.config.first_byte_timeout if stream else self.config.read_timeout
         response = self.http.urlopen(
             "POST",
@@ -211,13 +214,29 @@ class Proxy:
             retries=False,
             timeout=urllib3.Timeout(connect=self.config.connect_timeout, read=first),
         )
-        sock = getattr(getattr(response, "connection", None), "sock", None)
-        if sock is not None and first != self.config.read_timeout:
-            sock.settimeout(self.config.read_timeout)
         return response
 
-    def _relay(self, state: NodeState, response, stream: bool, started: float) -> Iterator[bytes]:
-        """Yield the node's bytes as they come; on the client going away (the
+    def _first_chunk(self, response) -> bytes:
+        """A stream's first bytes, still under the first-byte timeout: vLLM
+        sends a stream's headers before its engine has produced anything, so
+        only the first chunk shows that a node is not stuck. Nothing has reached
+        the client yet, so a timeout here is retried like a connect failure."""
+        try:
+            first = response.read1(65536)
+        except BaseException:
+            response.close()
+            response.release_conn()
+            raise
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(self.config.read_timeout)
+        return first
+
+    def _relay(
+        self, state: NodeState, response, stream: bool, started: float, first: bytes = b""
+    ) -> Iterator[bytes]:
+        """Yield the node's bytes as they come (a stream's `first` chunk was read
+        already; empty means the stream ended); on the client going away (the
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
@@ -225,10 +244,8 @@ class Proxy:
         first_at = last_at = 0.0
         outcome = "ok"
         try:
-            while True:
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
+            chunk = first if stream else response.read1(65536)
+            while chunk:
                 if stream:
                     now = time.perf_counter()
                     if not events:
@@ -236,6 +253,7 @@ class Proxy:
                     last_at = now
                     events += chunk.count(b"data:")
                 yield chunk
+                chunk = response.read1(65536)
             complete = True
             if response.status < 500:
                 self.fleet.record_success(state)
