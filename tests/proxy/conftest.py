@@ -93,6 +93,25 @@ class Live:
         headers = {"Authorization": f"Bearer {token or self.token}"} if token != "" else {}
         return self.http.request("GET", self.url + path, headers=headers, timeout=10.0)
 
+    def served_by(self, n: int = 1, *, model: str = "fake-model", stream: bool = False,
+                  prompt: str = "hi") -> list[str]:
+        """Send `n` completions one after another; the node that served each.
+        Each is waited for until nvllm has released it too (the client can have
+        the whole answer a moment before), so the next one is routed on a
+        settled view."""
+        client = self.sdk()
+        nodes = []
+        for _ in range(n):
+            raw = client.completions.with_raw_response.create(model=model, prompt=prompt, max_tokens=2,
+                                                              stream=stream)
+            if stream:
+                assert len(list(raw.parse())) == 2
+            else:
+                assert raw.parse().choices[0].text
+            nodes.append(raw.headers["X-NVLLM-Node"])
+            wait_for(lambda: self.inflight(nodes[-1]) == 0, 2, f"nvllm to release its request to {nodes[-1]}")
+        return nodes
+
     def open_stream(self, body: dict[str, Any] | None = None, *, token: str | None = None,
                     headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         """A streamed completion whose first chunk has arrived; the caller reads

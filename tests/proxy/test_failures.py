@@ -15,21 +15,6 @@ pytestmark = pytest.mark.integration  # a live nvllm and fake vLLM servers
 RECOVERY_LIMIT = 5.0  # seconds from a node's recovery to its next request
 
 
-def served_by(live, n: int = 1, *, stream: bool = False) -> list[str]:
-    client = live.sdk()
-    nodes = []
-    for _ in range(n):
-        raw = client.completions.with_raw_response.create(
-            model="fake-model", prompt="hi", max_tokens=2, stream=stream
-        )
-        if stream:
-            assert len(list(raw.parse())) == 2
-        else:
-            assert raw.parse().choices[0].text
-        nodes.append(raw.headers["X-NVLLM-Node"])
-    return nodes
-
-
 @pytest.fixture
 def fleet_of_two(start_nvllm, start_fake):
     """nvllm with round robin over `bad` and `good`, so `bad` is tried first."""
@@ -45,7 +30,7 @@ def fleet_of_two(start_nvllm, start_fake):
 def test_a_failing_node_is_retried_on_another(fleet_of_two, fault, stream):
     live, bad, good = fleet_of_two
     bad.set_fault(fault)
-    assert served_by(live, 6, stream=stream) == ["good"] * 6
+    assert live.served_by(6, stream=stream) == ["good"] * 6
     assert good.stats()["completed"] == 6
     if fault != "refuse":  # a refused connection never reaches the node
         assert bad.stats()["requests_received"] >= 1
@@ -65,7 +50,7 @@ def test_when_every_node_fails_the_client_gets_a_502(fleet_of_two):
 def test_a_node_that_keeps_failing_is_ejected(fleet_of_two):
     live, bad, good = fleet_of_two
     bad.set_fault("down")  # /health fails too, so no probe lets it back early
-    served_by(live, 10)
+    live.served_by(10)
     # Two failures (NVLLM_EJECT_AFTER=2) and then nothing for the cooldown.
     assert bad.stats()["requests_received"] == 2
     assert live.fleet.is_failing("bad")
@@ -76,37 +61,37 @@ def test_a_node_that_keeps_failing_is_ejected(fleet_of_two):
 def test_an_ejected_node_is_probed_back_in_within_seconds(fleet_of_two):
     live, bad, good = fleet_of_two
     bad.set_fault("down")
-    served_by(live, 4)
+    live.served_by(4)
     assert live.fleet.is_failing("bad")
     # Keep it failing for a while: failed trials double its cooldown.
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
-        served_by(live)
+        live.served_by()
         time.sleep(0.05)
     assert live.fleet.get("bad").breaker.cooldown >= 2.0
     bad.set_fault(None)
     recovered_at = time.monotonic()
-    while "bad" not in served_by(live, 2):
+    while "bad" not in live.served_by(2):
         assert time.monotonic() - recovered_at < RECOVERY_LIMIT, "the node never came back"
         time.sleep(0.05)
     took = time.monotonic() - recovered_at
     assert took < RECOVERY_LIMIT
     assert not live.fleet.is_failing("bad")
-    assert sorted(served_by(live, 4)) == ["bad", "bad", "good", "good"]
+    assert sorted(live.served_by(4)) == ["bad", "bad", "good", "good"]
 
 
 def test_a_trial_answered_429_does_not_keep_the_node_out(fleet_of_two):
     live, bad, good = fleet_of_two
     bad.set_fault("error500")
-    served_by(live, 4)
+    live.served_by(4)
     assert live.fleet.is_failing("bad")
     bad.set_fault("busy429")  # /health stays good, so trials come at once
     rejected = bad.stats()["rejected"]
-    wait_for(lambda: served_by(live, 2) and bad.stats()["rejected"] > rejected, 3,
+    wait_for(lambda: live.served_by(2) and bad.stats()["rejected"] > rejected, 3,
              "a trial request to meet the 429")
     bad.set_fault(None)
     recovered_at = time.monotonic()
-    while "bad" not in served_by(live, 2):
+    while "bad" not in live.served_by(2):
         assert time.monotonic() - recovered_at < RECOVERY_LIMIT, "the node never came back"
         time.sleep(0.05)
 
@@ -119,7 +104,7 @@ def test_a_hung_node_is_retried_after_the_first_byte_timeout(start_nvllm, start_
     live.register("b-good", good.port)
     hung.set_fault("hang")
     started = time.monotonic()
-    assert served_by(live, 2, stream=True) == ["b-good", "b-good"]
+    assert live.served_by(2, stream=True) == ["b-good", "b-good"]
     assert time.monotonic() - started < 3
     assert hung.stats()["requests_received"] >= 1
     wait_for(lambda: hung.stats()["in_flight"] == 0, 2, "the hung node's request to be closed")
@@ -131,5 +116,17 @@ def test_a_hung_node_is_retried_after_the_read_timeout_without_streaming(start_n
     live.register("a-hung", hung.port)
     live.register("b-good", good.port)
     hung.set_fault("hang")
-    assert served_by(live, 2) == ["b-good", "b-good"]
+    assert live.served_by(2) == ["b-good", "b-good"]
     assert hung.stats()["requests_received"] >= 1
+
+
+def test_a_redis_outage_keeps_routing_on_the_last_known_fleet(nvllm, start_fake, server):
+    nvllm.register("n1", start_fake().port)
+    assert nvllm.served_by() == ["n1"]  # the client's token is now known
+    server.connected = False
+    wait_for(lambda: not nvllm.fleet.storage_ok, 2, "the refresher to notice the outage")
+    assert nvllm.served_by(3, stream=True) == ["n1"] * 3
+    assert nvllm.get("/api/node/node/all").status == 503  # the API says so
+    server.connected = True
+    wait_for(lambda: nvllm.fleet.storage_ok, 2, "the refresher to recover")
+    assert nvllm.served_by() == ["n1"]

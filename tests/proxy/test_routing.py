@@ -16,12 +16,6 @@ pytestmark = pytest.mark.integration  # a live nvllm and fake vLLM servers
 CHAT = [{"role": "user", "content": "hello"}]
 
 
-def served_by(live, model: str = "fake-model", n: int = 1) -> list[str]:
-    client = live.sdk()
-    return [
-        client.completions.with_raw_response.create(model=model, prompt="hi", max_tokens=1).headers["X-NVLLM-Node"]
-        for _ in range(n)
-    ]
 
 
 @pytest.fixture
@@ -41,21 +35,21 @@ def test_requests_go_only_to_nodes_serving_the_model(nvllm, start_fake):
         answer = client.chat.completions.with_raw_response.create(model="qwen", messages=CHAT, max_tokens=1)
         assert answer.headers["X-NVLLM-Node"] == "qwen-node"
         assert answer.parse().model == "qwen"
-    assert served_by(nvllm, "llama", 4) == ["llama-node"] * 4
+    assert nvllm.served_by(4, model="llama") == ["llama-node"] * 4
     assert llama.stats()["requests_received"] == 4
     assert qwen.stats()["requests_received"] == 4
 
 
 def test_a_node_declaring_no_models_takes_any(nvllm, start_fake):
     nvllm.register("generic", start_fake(["llama"]).port)
-    assert served_by(nvllm, "llama") == ["generic"]
+    assert nvllm.served_by(model="llama") == ["generic"]
 
 
 def test_round_robin_alternates(start_nvllm, start_fake):
     live = start_nvllm(routing="round_robin")
     for node_id in ("b", "a", "c"):
         live.register(node_id, start_fake().port)
-    assert served_by(live, n=6) == ["a", "b", "c", "a", "b", "c"]
+    assert live.served_by(n=6) == ["a", "b", "c", "a", "b", "c"]
     answer = live.sdk().completions.with_raw_response.create(model="fake-model", prompt="x", max_tokens=1)
     assert answer.headers["X-NVLLM-Route"] == "round_robin"
 
@@ -64,7 +58,7 @@ def test_random_reaches_every_node(start_nvllm, start_fake):
     live = start_nvllm(routing="random")
     for node_id in ("a", "b"):
         live.register(node_id, start_fake().port)
-    assert set(served_by(live, n=30)) == {"a", "b"}
+    assert set(live.served_by(n=30)) == {"a", "b"}
 
 
 def test_least_inflight_avoids_the_node_holding_a_stream(start_nvllm, start_fake):
@@ -75,7 +69,7 @@ def test_least_inflight_avoids_the_node_holding_a_stream(start_nvllm, start_fake
     busy = held.headers["X-NVLLM-Node"]
     idle = ({"a", "b"} - {busy}).pop()
     try:
-        assert served_by(live, n=3) == [idle] * 3
+        assert live.served_by(n=3) == [idle] * 3
     finally:
         held.close()
 
@@ -94,22 +88,15 @@ def test_load_policy_is_the_default_and_spreads(pair):
 
 
 def test_load_policy_keeps_a_shared_prefix_on_one_node(pair):
-    client = pair.sdk()
-    system = "You are a helpful assistant. " * 40
-    nodes = {
-        client.chat.completions.with_raw_response.create(
-            model="fake-model", max_tokens=1,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": f"question {i}"}],
-        ).headers["X-NVLLM-Node"]
-        for i in range(6)
-    }
-    assert len(nodes) == 1
+    system = "You are a helpful assistant. " * 40  # several prefix blocks
+    nodes = [pair.served_by(prompt=f"{system}question {i}")[0] for i in range(6)]
+    assert len(set(nodes)) == 1
 
 
 def test_load_policy_avoids_a_node_reporting_a_queue(nvllm, start_fake):
     nvllm.register("queued", start_fake().port, node_info=NodeInfo(running=8, waiting=20))
     nvllm.register("idle", start_fake().port)
-    assert served_by(nvllm, n=3) == ["idle"] * 3
+    assert nvllm.served_by(n=3) == ["idle"] * 3
 
 
 @pytest.mark.parametrize("status", [NodeStatus.DRAINING, NodeStatus.OFFLINE])
@@ -117,7 +104,7 @@ def test_draining_and_offline_nodes_get_nothing_new(nvllm, start_fake, status):
     nvllm.register("open", start_fake().port)
     closed = start_fake()
     nvllm.register("closed", closed.port, node_status=status)
-    assert served_by(nvllm, n=5) == ["open"] * 5
+    assert nvllm.served_by(n=5) == ["open"] * 5
     assert closed.stats()["requests_received"] == 0
 
 
@@ -130,7 +117,7 @@ def test_expired_and_probe_failing_nodes_get_nothing(nvllm, start_fake):
     store.save(node)
     nvllm.register("failing", failing.port, probe_failing=True)
     nvllm.fleet.refresh()
-    assert served_by(nvllm, n=5) == ["fresh"] * 5
+    assert nvllm.served_by(n=5) == ["fresh"] * 5
     assert expired.stats()["requests_received"] == failing.stats()["requests_received"] == 0
 
 
@@ -144,7 +131,7 @@ def test_a_draining_node_finishes_its_streams_and_its_count_falls_to_zero(nvllm,
     stores.nodes.update("draining", {"node_status": NodeStatus.DRAINING}, time.time())
     nvllm.fleet.refresh()
     assert nvllm.inflight("draining") == 1
-    assert served_by(nvllm, n=3) == ["other"] * 3
+    assert nvllm.served_by(n=3) == ["other"] * 3
     rest = held.read()
     held.release_conn()
     assert rest.endswith(b"data: [DONE]\n\n")
@@ -183,7 +170,7 @@ def test_two_instances_see_each_others_inflight(start_nvllm, start_fake):
         one.fleet.refresh()  # publish
         two.fleet.refresh()  # read
         assert two.fleet.get(busy).inflight == 1 and two.fleet.get(busy).local_inflight == 0
-        assert served_by(two, n=3) == [idle] * 3
+        assert two.served_by(n=3) == [idle] * 3
         assert two.get(f"/api/node/node/status/{busy}").json()["data"]["inflight"] == 1
     finally:
         held.close()
@@ -196,7 +183,7 @@ def test_two_instances_see_each_others_inflight(start_nvllm, start_fake):
 def test_instances_refresh_each_other_in_the_background(start_nvllm, start_fake):
     one, two = start_nvllm(), start_nvllm()
     one.register("a", start_fake(step_time=0.05).port)
-    served_by(two)  # starts two's refresher
+    two.served_by()  # starts two's refresher
     held = one.open_stream()
     try:
         wait_for(lambda: two.fleet.get("a").inflight == 1, 2, "the other instance to see the stream")

@@ -66,7 +66,7 @@ def test_stream_is_relayed_chunk_by_chunk(nvllm, start_fake):
     nvllm.register("slow", fake.port)
     started = time.monotonic()
     arrivals = []
-    for chunk in nvllm.sdk().completions.create(model="fake-model", prompt="x", max_tokens=20, stream=True):
+    for _chunk in nvllm.sdk().completions.create(model="fake-model", prompt="x", max_tokens=20, stream=True):
         arrivals.append(time.monotonic() - started)
     assert len(arrivals) == 20
     assert arrivals[0] < arrivals[-1] / 2
