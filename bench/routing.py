@@ -1,0 +1,322 @@
+"""(b) Routing quality on a heterogeneous fake fleet, every policy of every router.
+
+Four fake vLLM nodes of speeds 1.0, 1.0, 0.6 and 0.4 (continuous batching of
+MAX_NUM_SEQS sequences, STEP_TIME seconds per decode step and PREFILL seconds
+per uncached prompt token, both divided by the speed). Two workloads, the same
+requests at the same times for every target (seeded); each target gets a fresh
+fleet, so caches and queues start empty:
+
+b1 "mixed": Poisson arrivals at LOAD x the fleet's capacity, unique prompts of
+   50-2000 words and max_tokens 16-256 (both log-uniform), streamed.
+b2 "multi-turn": conversations that share one system prompt; each turn sends
+   the whole history (every earlier question and answer) plus a new question,
+   turns of a conversation one after another, conversations concurrently.
+
+Reported per target: time to first token and end-to-end p50/p99, completed
+requests/s, errors, the share of requests each node served, and the
+prefix-cache hit rate summed over the nodes' /metrics.
+
+Capacity (see README): a request of P prompt tokens and O output tokens costs a
+node P*PREFILL (the whole batch waits) plus O steps shared by up to
+MAX_NUM_SEQS sequences, so a node of speed v completes at most
+    mu(v) = v / (E[P]*PREFILL + E[O]*STEP_TIME/MAX_NUM_SEQS)   requests/s.
+
+Usage: bench/.venv/bin/python bench/routing.py [--quick] [--workload mixed|multiturn|both]
+       bench/.venv/bin/python bench/routing.py --calibrate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from common import (
+    MODEL,
+    NVLLM_POLICIES,
+    SGLANG_ROUTER_POLICIES,
+    VLLM_ROUTER_POLICIES,
+    Fleet,
+    FleetSpec,
+    Meter,
+    Outcome,
+    Planned,
+    Stack,
+    Target,
+    closed_loop,
+    direct_target,
+    log,
+    make_logdir,
+    markdown_table,
+    open_loop,
+    rng_words,
+    secs,
+    send,
+    session_for,
+    start_target,
+    summarize,
+    write_results,
+)
+
+SPEEDS = (1.0, 1.0, 0.6, 0.4)
+MAX_NUM_SEQS = 8
+STEP_TIME = 0.01
+PREFILL = 0.0001
+FLEET = FleetSpec(speeds=SPEEDS, max_num_seqs=MAX_NUM_SEQS, step_time=STEP_TIME, prefill_time_per_token=PREFILL)
+LOAD = 0.8
+PROMPT_RANGE = (50, 2000)
+OUTPUT_RANGE = (16, 256)
+TEMPLATE_TOKENS = 11  # the fake's chat template around one user message, BOS included
+TIMEOUT = 120.0
+
+# b2
+SYSTEM_WORDS = 400
+QUESTION_RANGE = (20, 120)
+ANSWER_RANGE = (16, 256)
+TURNS = 6
+THINK_MEAN = 0.3
+
+
+def log_uniform(rng: random.Random, lo: int, hi: int) -> int:
+    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+
+def log_uniform_mean(lo: float, hi: float) -> float:
+    return (hi - lo) / math.log(hi / lo)
+
+
+def capacity() -> dict[str, float]:
+    """The fleet's capacity for the b1 mix, in requests/s, from the fake's parameters."""
+    prompt = log_uniform_mean(*PROMPT_RANGE) + TEMPLATE_TOKENS
+    output = log_uniform_mean(*OUTPUT_RANGE)
+    per_request = prompt * PREFILL + output * STEP_TIME / MAX_NUM_SEQS
+    per_node = [v / per_request for v in SPEEDS]
+    return {"mean_prompt_tokens": prompt, "mean_output_tokens": output, "engine_s_per_request": per_request,
+            "per_node": per_node, "fleet": sum(per_node)}
+
+
+def mixed_plan(seed: int, duration: float, rate: float) -> list[Planned]:
+    rng = random.Random(seed)
+    plan, t = [], rng.expovariate(rate)
+    while t < duration:
+        words = log_uniform(rng, *PROMPT_RANGE)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": rng_words(rng, words)}],
+                "max_tokens": log_uniform(rng, *OUTPUT_RANGE), "stream": True}
+        plan.append(Planned(t, body))
+        t += rng.expovariate(rate)
+    return plan
+
+
+def conversations(seed: int, count: int, window: float) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    system = "You are a helpful assistant. " + rng_words(rng, SYSTEM_WORDS)
+    convs = []
+    for _ in range(count):
+        convs.append({
+            "start": rng.uniform(0, window),
+            "system": system,
+            "turns": [(rng_words(rng, log_uniform(rng, *QUESTION_RANGE)), log_uniform(rng, *ANSWER_RANGE),
+                       rng.expovariate(1 / THINK_MEAN)) for _ in range(TURNS)],
+        })
+    return convs
+
+
+async def run_conversations(target: Target, convs: Sequence[dict[str, Any]], *, drain: float
+                            ) -> tuple[list[Outcome], float]:
+    """Each conversation starts at its time; each turn waits for the previous
+    answer (and a think time), then sends the whole history."""
+    outcomes: list[Outcome] = []
+    async with session_for(target, timeout=TIMEOUT) as session:
+        start = time.perf_counter()
+
+        async def converse(k: int, conv: dict[str, Any]) -> None:
+            await asyncio.sleep(max(0.0, start + conv["start"] - time.perf_counter()))
+            messages = [{"role": "system", "content": conv["system"]}]
+            url = target.urls[k % len(target.urls)]
+            for question, max_tokens, think in conv["turns"]:
+                messages.append({"role": "user", "content": question})
+                body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True}
+                try:
+                    outcome = await send(session, url, body, t0=time.perf_counter(), collect=True)
+                except asyncio.CancelledError:
+                    outcomes.append(Outcome(False, 0, "unfinished at drain"))
+                    raise
+                outcomes.append(outcome)
+                if not outcome.ok:
+                    return  # a conversation whose turn failed ends there
+                messages = [*messages, {"role": "assistant", "content": outcome.text}]
+                await asyncio.sleep(think)
+
+        tasks = [asyncio.create_task(converse(k, c)) for k, c in enumerate(convs)]
+        last_start = max(c["start"] for c in convs)
+        done, pending = await asyncio.wait(tasks, timeout=last_start + drain)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        span = time.perf_counter() - start
+    if pending:
+        log(f"  {len(pending)} conversations cut at the drain limit")
+    return outcomes, span
+
+
+def targets(quick: bool) -> list[tuple[str, str]]:
+    if quick:
+        return [("nvllm", "load"), ("vllm-router", "cache_aware")]
+    # Interleaved, so that drift of a shared machine does not favour one router.
+    lists = [[("nvllm", p) for p in NVLLM_POLICIES], [("vllm-router", p) for p in VLLM_ROUTER_POLICIES],
+             [("sglang-router", p) for p in SGLANG_ROUTER_POLICIES]]
+    out = []
+    for i in range(max(map(len, lists))):
+        out += [lst[i] for lst in lists if i < len(lst)]
+    return out
+
+
+async def measure(name: str, policy: str, workload: str, logdir, *, plan=None, convs=None,
+                  drain: float) -> dict[str, Any]:
+    async with Stack(logdir) as stack:
+        fleet = await Fleet(stack, FLEET, name=f"fake-{workload}-{name}-{policy}").ready()
+        target = await start_target(stack, fleet, name, policy)
+        before = await fleet.stats()
+        hits0, queries0 = await fleet.prefix_counters()
+        async with Meter(target.pids) as meter:
+            if workload == "mixed":
+                outcomes, span = await open_loop(target, plan, timeout=TIMEOUT, drain=drain)
+            else:
+                outcomes, span = await run_conversations(target, convs, drain=drain)
+        hits1, queries1 = await fleet.prefix_counters()
+        after = await fleet.stats()
+        row = summarize(outcomes, span)
+        served = [a["completed"] - b["completed"] for a, b in zip(after, before, strict=True)]
+        row.update({
+            "target": target.name, "policy": target.policy, "command": target.command,
+            "prefix_hit_rate": (hits1 - hits0) / (queries1 - queries0) if queries1 > queries0 else 0.0,
+            "node_share": [s / max(sum(served), 1) for s in served],
+            "router_cpu_s": meter.cpu, "router_rss_peak": meter.rss_peak,
+        })
+    log(f"  {workload} {target.label}: TTFT p50/p99 {secs(row['ttft_p50'])}/{secs(row['ttft_p99'])} s, "
+        f"e2e p50/p99 {secs(row['e2e_p50'])}/{secs(row['e2e_p99'])} s, {row['req_per_s']:.2f} req/s, "
+        f"hit {row['prefix_hit_rate']:.1%}, errors {row['errors']}, share "
+        + "/".join(f"{s:.0%}" for s in row["node_share"]))
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def best(key: str, pick=min) -> float:
+        values = [r[key] for r in rows if r[key] is not None]
+        return pick(values) if values else float("nan")
+
+    marks = {k: best(k) for k in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99")}
+    marks["prefix_hit_rate"] = best("prefix_hit_rate", max)
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        text = secs(row[key]) if key != "prefix_hit_rate" else f"{row[key]:.1%}"
+        return f"**{text}**" if row[key] is not None and row[key] == marks[key] else text
+
+    lines = [[r["target"], r["policy"], cell(r, "ttft_p50"), cell(r, "ttft_p99"), cell(r, "e2e_p50"),
+              cell(r, "e2e_p99"), f"{r['req_per_s']:.2f}", cell(r, "prefix_hit_rate"), r["errors"],
+              " / ".join(f"{s:.0%}" for s in r["node_share"])] for r in rows]
+    headers = ["router", "policy", "TTFT p50 s", "TTFT p99 s", "e2e p50 s", "e2e p99 s", "req/s",
+               "prefix hit", "errors", "share per node (speeds " + "/".join(f"{s:g}" for s in SPEEDS) + ")"]
+    return markdown_table(headers, lines)
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """Whether nvllm's default beats every other router's policy on the p99s
+    and matches the best prefix-hit rate."""
+    ours = next((r for r in rows if r["target"] == "nvllm" and r["policy"] == "load"), None)
+    others = [r for r in rows if r["target"] != "nvllm"]
+    if ours is None or not others:
+        return ""
+    lines = []
+    for key, label in (("ttft_p99", "TTFT p99"), ("e2e_p99", "end-to-end p99")):
+        rival = min(others, key=lambda r: r[key] if r[key] is not None else float("inf"))
+        ok = ours[key] is not None and rival[key] is not None and ours[key] < rival[key]
+        lines.append(f"- {label}: nvllm load {secs(ours[key])} s vs best other {rival['target']} {rival['policy']} "
+                     f"{secs(rival[key])} s: {'met' if ok else 'MISSED'}")
+    rival = max(others, key=lambda r: r["prefix_hit_rate"])
+    ok = ours["prefix_hit_rate"] >= rival["prefix_hit_rate"]
+    lines.append(f"- prefix-cache hit rate: nvllm load {ours['prefix_hit_rate']:.1%} vs best other "
+                 f"{rival['target']} {rival['policy']} {rival['prefix_hit_rate']:.1%}: {'met' if ok else 'MISSED'}")
+    return "\n".join(lines)
+
+
+async def calibrate(seconds: float = 20.0, seed: int = 7) -> dict[str, Any]:
+    """Saturate one node of speed 1 with the b1 mix (enough clients to keep its
+    queue non-empty) and compare its completion rate with mu(1)."""
+    logdir = make_logdir("calibrate")
+    spec = FleetSpec(speeds=(1.0,), max_num_seqs=MAX_NUM_SEQS, step_time=STEP_TIME, prefill_time_per_token=PREFILL)
+    pool = [p.body for p in mixed_plan(seed, 10_000, 1.0)][:2000]
+    async with Stack(logdir) as stack:
+        fleet = await Fleet(stack, spec).ready()
+        target = direct_target(fleet)
+        outcomes, span = await closed_loop(target, lambda n: pool[n % len(pool)], concurrency=3 * MAX_NUM_SEQS,
+                                           duration=seconds, timeout=TIMEOUT)
+    measured = summarize(outcomes, span)["req_per_s"]
+    expected = capacity()["per_node"][0]
+    log(f"calibration: one node of speed 1 completes {measured:.2f} req/s; the formula says {expected:.2f}")
+    return {"measured": measured, "formula": expected}
+
+
+async def run(quick: bool = False, seed: int = 1, workloads: Sequence[str] = ("mixed", "multiturn")
+              ) -> dict[str, Any]:
+    cap = capacity()
+    rate = LOAD * cap["fleet"]
+    duration = 5.0 if quick else 15.0
+    plan = mixed_plan(seed, duration, rate)
+    n_convs, window = (8, 4.0) if quick else (32, 12.0)
+    convs = conversations(seed, n_convs, window)
+    logdir = make_logdir("routing")
+    log(f"(b) routing: logs in {logdir}; capacity {cap['fleet']:.2f} req/s, offered {rate:.2f} req/s "
+        f"({len(plan)} requests in {duration:g} s)")
+    results: dict[str, Any] = {"capacity": cap, "rate": rate, "quick": quick, "fleet": FLEET}
+    texts = []
+    for workload in workloads:
+        rows = []
+        for name, policy in targets(quick):
+            try:
+                rows.append(await measure(name, policy, workload, logdir, plan=plan, convs=convs,
+                                          drain=30.0 if quick else 45.0))
+            except RuntimeError as exc:  # a router that cannot start or route is reported, not fatal
+                log(f"  {workload} {name} {policy}: FAILED: {exc}")
+                rows.append({"target": name, "policy": policy, "failed": str(exc)})
+        good = [r for r in rows if "failed" not in r]
+        failed = [r for r in rows if "failed" in r]
+        text = table(good) + ("\n\nFailed to run: " + ", ".join(f"{r['target']} {r['policy']}" for r in failed)
+                              if failed else "")
+        text += "\n\n" + verdict(good)
+        if workload == "mixed":
+            head = (f"b1 mixed: {len(plan)} streamed chat requests, Poisson arrivals at {rate:.2f} req/s "
+                    f"({LOAD:.0%} of the fleet's {cap['fleet']:.2f} req/s) for {duration:g} s; prompts "
+                    f"{PROMPT_RANGE[0]}-{PROMPT_RANGE[1]} words, max_tokens {OUTPUT_RANGE[0]}-{OUTPUT_RANGE[1]}, "
+                    "both log-uniform.")
+        else:
+            head = (f"b2 multi-turn: {n_convs} conversations of {TURNS} turns starting within {window:g} s, a shared "
+                    f"{SYSTEM_WORDS}-word system prompt, questions {QUESTION_RANGE[0]}-{QUESTION_RANGE[1]} words, "
+                    f"answers {ANSWER_RANGE[0]}-{ANSWER_RANGE[1]} tokens, think time {THINK_MEAN:g} s on average.")
+        head += f" Fleet: `{FLEET.command()}`."
+        results[workload] = rows
+        texts.append(head + "\n\n" + text)
+    write_results("routing" if len(workloads) > 1 else f"routing-{workloads[0]}", results, "\n\n".join(texts))
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="default policies only, shorter runs (a smoke test)")
+    ap.add_argument("--workload", choices=("mixed", "multiturn", "both"), default="both")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--calibrate", action="store_true", help="measure one node's capacity against the formula")
+    args = ap.parse_args()
+    if args.calibrate:
+        asyncio.run(calibrate())
+        return
+    workloads = ("mixed", "multiturn") if args.workload == "both" else (args.workload,)
+    asyncio.run(run(args.quick, args.seed, workloads))
+
+
+if __name__ == "__main__":
+    main()
