@@ -180,7 +180,6 @@ class Agent:
             payload["remark"] = self.config.remark
         self.nvllm.register(payload)
         self.registered, self.sent_status, self.sent_models = True, seen.status, models
-        self._states["nvllm"] = "up"
         log.info("registered node %s at %s (%s, models: %s)", self.config.node_id, self._node_url(),
                  seen.status, ", ".join(models) or "any")
 

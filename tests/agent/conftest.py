@@ -32,14 +32,17 @@ def nvllm(start_service: Callable[..., Service]) -> Service:
 
 
 @pytest.fixture
-def restart_nvllm(tmp_path: Path) -> Iterator[Callable[[Service], Service]]:
-    """restart(service): stop it and start it again on the same port and data
+def restart_nvllm(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """restart(service, while_down=None): stop it, call while_down() (to wait
+    for something to notice), and start it again on the same port and data
     dir, as an operator restarting nvllm would. The new process is stopped at
     teardown."""
     started: list[Service] = []
 
-    def restart(old: Service) -> Service:
+    def restart(old: Service, while_down: Callable[[], object] | None = None) -> Service:
         assert old.stop() == 0
+        if while_down is not None:
+            while_down()
         log_path = tmp_path / f"nvllm-restarted-{len(started)}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(

@@ -89,7 +89,10 @@ def test_comes_back_after_nvllm_restarts_and_after_its_node_is_deleted(
     agent = run_agent(nvllm.base_url, worker_token, *agent_flags(fake_vllm))
     wait_node(nvllm, worker_token, lambda s: s["node_status"] == "online", "the node to register")
 
-    nvllm = restart_nvllm(nvllm)
+    # Stay down until the agent has seen it, however fast the restart would be.
+    nvllm = restart_nvllm(
+        nvllm, while_down=lambda: wait_for(lambda: "nvllm unreachable" in agent.log(), 10, "the agent to notice")
+    )
     wait_node(nvllm, worker_token, lambda s: s["alive"] and s["seconds_since_update"] < INTERVAL * 2,
               "heartbeats after the restart")
 
