@@ -134,12 +134,13 @@ class Proxy:
 
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """The node the policy picks now. Raises NoRoutableNode."""
-        candidates = [
-            s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude
-        ]
+        candidates = self._candidates(request, exclude)
         if not candidates:
             raise NoRoutableNode(request.model)
         return self.policy.choose(candidates, request)
+
+    def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
+        return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude]
 
     def forward(
         self,
@@ -177,13 +178,19 @@ class Proxy:
                 self._report(state, 0, f"failed:{type(exc).__name__}", started)
                 log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
                 continue
-            if response.status in RETRY_STATUSES and attempt <= self.config.retries:
+            if response.status in FAILURE_STATUSES:
+                self.fleet.record_failure(state, f"HTTP {response.status}")
+            # With no other node to try, the node's own answer (a 429 with its
+            # Retry-After, say) tells the client more than a 502 would.
+            if (
+                response.status in RETRY_STATUSES
+                and attempt <= self.config.retries
+                and self._candidates(request, frozenset(tried))
+            ):
                 response.drain_conn()
                 response.release_conn()
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
-                if response.status in FAILURE_STATUSES:
-                    self.fleet.record_failure(state, f"HTTP {response.status}")
                 self._report(state, response.status, f"retried:{response.status}", started)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue

@@ -34,6 +34,8 @@ def test_a_failing_node_is_retried_on_another(fleet_of_two, fault, stream):
     assert good.stats()["completed"] == 6
     if fault != "refuse":  # a refused connection never reaches the node
         assert bad.stats()["requests_received"] >= 1
+    # 429 is back-pressure, not sickness: retried elsewhere, never ejected.
+    assert live.fleet.is_failing("bad") is (fault != "busy429")
 
 
 def test_when_every_node_fails_the_client_gets_a_502(fleet_of_two):
@@ -45,6 +47,28 @@ def test_when_every_node_fails_the_client_gets_a_502(fleet_of_two):
     assert raised.value.status_code == 502
     assert raised.value.body["type"] == "server_error"
     assert "2 attempt(s)" in raised.value.message
+
+
+def test_a_lone_busy_node_passes_its_429_through(nvllm, start_fake):
+    busy = start_fake()
+    nvllm.register("busy", busy.port)
+    busy.set_fault("busy429")
+    with pytest.raises(openai.RateLimitError) as raised:
+        nvllm.sdk().completions.create(model="fake-model", prompt="x", max_tokens=1)
+    assert raised.value.response.headers["Retry-After"] == "1"
+    assert raised.value.response.headers["X-NVLLM-Node"] == "busy"
+    assert not nvllm.fleet.is_failing("busy")
+
+
+def test_a_lone_failing_node_passes_its_500_through_and_is_counted(nvllm, start_fake):
+    broken = start_fake()
+    nvllm.register("broken", broken.port)
+    broken.set_fault("error500")
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError) as raised:
+            nvllm.sdk().completions.create(model="fake-model", prompt="x", max_tokens=1)
+        assert raised.value.status_code == 500
+    assert nvllm.fleet.is_failing("broken")
 
 
 def test_a_node_that_keeps_failing_is_ejected(fleet_of_two):

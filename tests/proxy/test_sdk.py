@@ -143,3 +143,19 @@ def test_a_body_that_is_not_a_json_object_is_a_400_in_openai_shape(nvllm, node, 
     assert set(error) == {"message", "type", "code"}
     assert error["type"] == "invalid_request_error" and error["code"] == status
     assert node.stats()["requests_received"] == 0
+
+
+def test_a_wrong_method_is_a_405_in_openai_shape(nvllm, node):
+    answer = nvllm.get("/v1/chat/completions")
+    assert answer.status == 405
+    assert "POST" in answer.headers["Allow"]
+    assert answer.json()["error"]["code"] == 405
+
+
+def test_a_body_over_the_limit_is_a_413_in_openai_shape(start_nvllm, start_fake):
+    live = start_nvllm(max_proxy_body=4096)
+    live.register("n1", start_fake().port)
+    with pytest.raises(openai.APIStatusError) as raised:
+        live.sdk().completions.create(model="fake-model", prompt="x" * 8192, max_tokens=1)
+    assert raised.value.status_code == 413
+    assert raised.value.body["type"] == "invalid_request_error"

@@ -97,3 +97,28 @@ def test_two_streams_at_once_are_both_relayed(nvllm, slow_node):
         held.release_conn()
     assert nvllm.inflight("slow") == 0
     assert slow_node.stats()["completed"] == 2
+
+
+def test_many_streams_some_abandoned_leave_no_count_behind(nvllm, start_fake):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fakes = [start_fake(step_time=0.01), start_fake(step_time=0.01)]
+    nvllm.register("a", fakes[0].port)
+    nvllm.register("b", fakes[1].port)
+
+    def one(i: int) -> bytes:
+        held = nvllm.open_stream({"max_tokens": 40, "prompt": f"request {i}"})
+        if i % 2:
+            held.close()  # this client goes away after the first chunk
+            return b""
+        rest = held.read()
+        held.release_conn()
+        return rest
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(one, range(12)))
+    assert all(a.endswith(b"data: [DONE]\n\n") for a in answers[0::2])
+    wait_for(lambda: nvllm.inflight("a") == nvllm.inflight("b") == 0, 2, "every count to be released")
+    wait_for(lambda: sum(f.stats()["cancelled"] for f in fakes) == 6, 2, "every abandoned stream to be cancelled")
+    assert sum(f.stats()["completed"] for f in fakes) == 6
+    assert all(f.stats()["in_flight"] == 0 for f in fakes)
