@@ -90,7 +90,7 @@ class Live:
         return self.http.request("POST", self.url + path, json=body, headers=sent, **options)
 
     def get(self, path: str, *, token: str | None = None) -> urllib3.BaseHTTPResponse:
-        headers = {"Authorization": f"Bearer {token or self.token}"} if token != "" else {}
+        headers = {"Authorization": f"Bearer {token or self.token}"}
         return self.http.request("GET", self.url + path, headers=headers, timeout=10.0)
 
     def served_by(self, n: int = 1, *, model: str = "fake-model", stream: bool = False,

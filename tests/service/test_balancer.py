@@ -50,8 +50,6 @@ def state(
     )
     s = NodeState(node, local_inflight=inflight, kv_usage=kv, token_time=token_time)
     s.take_report(node)
-    if kv is not None:
-        s.kv_usage = kv
     return s
 
 
