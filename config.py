@@ -137,7 +137,7 @@ class Settings:
     )
     upstream_first_byte_timeout: float = _env(
         "NVLLM_UPSTREAM_FIRST_BYTE_TIMEOUT", _float(0.1, 3600), 30.0,
-        "streamed requests: wait this long for a node's response headers, s",
+        "streamed requests: wait this long for a node's headers and first chunk, then try another node, s",
     )
     upstream_read_timeout: float = _env(
         "NVLLM_UPSTREAM_READ_TIMEOUT", _float(0.1, 86400), 300.0,

@@ -4,9 +4,9 @@ The default policy, `load`, sends each request where it should start soonest:
 
     cost(n) = token_time(n) * (load(n) + 1) * kv_penalty(n)
 
-- load(n): max(requests in flight to n from every nvllm instance,
-  running + waiting as n last reported). Counts sent since the last report are
-  what stop a stale report from drawing a herd.
+- load(n): requests in flight to n from every nvllm instance, plus what n's
+  last report showed beyond them (traffic that bypassed nvllm): the last report
+  plus the requests sent since, so a stale report draws no herd.
 - token_time(n): EWMA of seconds per streamed token seen from n; a node never
   measured gets the fleet's median. Dividing work by speed makes this shortest-
   expected-delay, so a node half as fast gets half as much.

@@ -82,6 +82,9 @@ class NodeState:
     remote_inflight: int = 0
     reported_running: int = 0
     reported_waiting: int = 0
+    # What the node's last report counted beyond the requests the balancers
+    # had in flight to it then: traffic that bypassed nvllm.
+    external: int = 0
     kv_usage: float | None = None
     token_time: float | None = None  # EWMA seconds per streamed token
     breaker: Breaker = field(default_factory=Breaker)
@@ -97,18 +100,24 @@ class NodeState:
 
     @property
     def load(self) -> int:
-        """Requests the node holds or will hold: the larger of what it last
-        reported and what the balancers have in flight to it. The in-flight
-        count is current; the report also sees traffic that bypassed us."""
-        return max(self.inflight, self.reported_running + self.reported_waiting)
+        """Requests the node holds or will hold: its last report plus the
+        requests sent to it since, i.e. the balancers' current in-flight count
+        plus what the report showed beyond the in-flight count of its time.
+        A stale report therefore neither hides new requests (no herd on a node
+        that looked idle) nor keeps counting requests that have finished."""
+        return self.inflight + self.external
 
     def take_report(self, node: Node) -> None:
         """A new heartbeat: its load replaces whatever we knew."""
         self.node = node
-        self.reported_running = node.node_info.running
-        self.reported_waiting = node.node_info.waiting
+        self._take_counts(node.node_info.running, node.node_info.waiting)
         if node.node_info.kv_cache_usage is not None:
             self.kv_usage = node.node_info.kv_cache_usage
+
+    def _take_counts(self, running: int, waiting: int) -> None:
+        self.reported_running = running
+        self.reported_waiting = waiting
+        self.external = max(0, running + waiting - self.inflight)
 
     def add_token_time(self, seconds: float) -> None:
         if self.token_time is None:
@@ -213,11 +222,14 @@ class Fleet:
 
     def record_inband_load(self, state: NodeState, waiting: int | None, running: int | None,
                            kv_usage: float | None) -> None:
-        """vLLM's endpoint-load-metrics header: fresher than any heartbeat."""
-        if waiting is not None:
+        """vLLM's endpoint-load-metrics header: fresher than any heartbeat.
+        vLLM's carries waiting and KV usage but not running, and a queue length
+        alone cannot tell our requests from others', so it updates the counts
+        only when running comes with it."""
+        if waiting is not None and running is not None:
+            state._take_counts(running, waiting)
+        elif waiting is not None:
             state.reported_waiting = waiting
-        if running is not None:
-            state.reported_running = running
         if kv_usage is not None:
             state.kv_usage = kv_usage
 

@@ -66,11 +66,14 @@ def test_cost_is_token_time_times_load_plus_one():
     assert costs == {"a": pytest.approx(0.02 * 4), "b": pytest.approx(0.01 * 1)}
 
 
-def test_load_is_the_larger_of_inflight_and_reported_queue():
+def test_load_is_the_report_plus_what_was_sent_since():
     reported = state("a", token_time=1.0, inflight=2, running=3, waiting=4)  # report says 7
     counted = state("b", token_time=1.0, inflight=9, running=1, waiting=1)  # we sent 9
     costs = LoadPolicy.costs([reported, counted])
     assert costs == {"a": 8.0, "b": 10.0}
+    reported.local_inflight += 3  # three more sent after the report
+    counted.local_inflight -= 5  # five of ours finished
+    assert LoadPolicy.costs([reported, counted]) == {"a": 11.0, "b": 5.0}
 
 
 def test_unmeasured_node_gets_the_fleet_median_speed():

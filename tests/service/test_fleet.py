@@ -74,7 +74,10 @@ def test_node_state_load_and_token_time(clock):
     s.take_report(s.node)
     assert s.load == 5
     s.local_inflight, s.remote_inflight = 4, 3
-    assert s.inflight == 7 and s.load == 7
+    # The report's 5 plus the 7 sent since.
+    assert s.inflight == 7 and s.load == 12
+    s.take_report(s.node)  # the next report counts them all: nothing beyond
+    assert s.load == 7
     s.add_token_time(0.10)
     s.add_token_time(0.20)
     assert s.token_time == pytest.approx(0.12)
