@@ -66,7 +66,9 @@ def forward(subpath: str) -> Response:
             log_request(answer.status, (time.perf_counter() - started) * 1000,
                         node=answer.node_id, attempts=answer.attempts)
 
-    response = Response(stream_with_context(relay()), status=answer.status, headers=answer.headers, direct_passthrough=True)
+    response = Response(
+        stream_with_context(relay()), status=answer.status, headers=answer.headers, direct_passthrough=True
+    )
     response.headers["X-NVLLM-Node"] = answer.node_id
     response.headers["X-NVLLM-Route"] = answer.reason
     return response

@@ -51,7 +51,7 @@ class InflightStore:
             pipe.hgetall(self.keys.inflight_lease(instance_id))
         return {
             instance_id: {node: int(n) for node, n in counts.items()}
-            for instance_id, counts in zip(instances, pipe.execute())
+            for instance_id, counts in zip(instances, pipe.execute(), strict=True)
         }
 
     def totals(self, *, now: float) -> dict[str, int]:

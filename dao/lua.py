@@ -18,4 +18,4 @@ def pairs_to_dict(flat: list[str] | None) -> dict[str, str] | None:
     """HGETALL's reply from inside Lua arrives as a flat list."""
     if not flat:
         return None
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=True))

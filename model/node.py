@@ -8,8 +8,8 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from model.errors import ValidationError
@@ -28,7 +28,7 @@ MAX_COUNT = 10**9
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
-class NodeStatus(str, Enum):
+class NodeStatus(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
     DRAINING = "draining"
@@ -36,7 +36,7 @@ class NodeStatus(str, Enum):
 
 def format_time(ts: float) -> str:
     """UTC, second resolution, as the seed shows: 2024-01-01T00:00:00."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime(TIME_FORMAT)
+    return datetime.fromtimestamp(ts, UTC).strftime(TIME_FORMAT)
 
 
 # --- field checks: each returns the clean value or raises ValidationError ---

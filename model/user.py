@@ -8,7 +8,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from model.errors import ValidationError
@@ -20,7 +20,7 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """admin > worker > user: each role may do what the ones below it may."""
 
     ADMIN = "admin"

@@ -26,10 +26,13 @@ class FleetCollector(Collector):
         self.fleet = fleet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        inflight = GaugeMetricFamily("nvllm_node_inflight", "Requests in flight to the node, all instances", labels=["node"])
-        load = GaugeMetricFamily("nvllm_node_load", "Load the router assumes: max(in flight, reported running+waiting)", labels=["node"])
-        ejected = GaugeMetricFamily("nvllm_node_ejected", "1 while the node is out of rotation after failures", labels=["node"])
-        kv = GaugeMetricFamily("nvllm_node_kv_cache_usage", "Last known KV-cache usage (0-1)", labels=["node"])
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=["node"])
+
+        inflight = gauge("nvllm_node_inflight", "Requests in flight to the node, all instances")
+        load = gauge("nvllm_node_load", "Load the router assumes: in flight plus traffic that bypassed nvllm")
+        ejected = gauge("nvllm_node_ejected", "1 while the node is out of rotation after failures")
+        kv = gauge("nvllm_node_kv_cache_usage", "Last known KV-cache usage (0-1)")
         for state in self.fleet.known():
             inflight.add_metric([state.node_id], state.inflight)
             load.add_metric([state.node_id], state.load)

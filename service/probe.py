@@ -46,7 +46,9 @@ class Prober:
     def tick(self) -> int:
         """Poll every node this instance wins the lock for; return how many."""
         try:
-            nodes = [n for n in self._nodes.load_all() if self._nodes.claim_probe(n.node_id, self.owner, self._interval)]
+            nodes = [
+                n for n in self._nodes.load_all() if self._nodes.claim_probe(n.node_id, self.owner, self._interval)
+            ]
         except StorageUnavailable:
             return 0
         if nodes:

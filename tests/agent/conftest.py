@@ -27,7 +27,7 @@ STOP_TIMEOUT = 15.0
 
 
 @pytest.fixture
-def nvllm(start_service: Callable[..., Service]) -> Service:
+def nvllm(start_service: Callable[..., Service]) -> Service:  # noqa: F811 - the fixture
     return start_service()
 
 
@@ -73,7 +73,7 @@ def worker_token(nvllm: Service) -> str:
     """A worker-role token, made the way an operator would: a worker user, then its login."""
     admin = nvllm.login()
     user = {"username": WORKER, "password": WORKER_PASSWORD, "role": "worker"}
-    nvllm.request("POST", "/api/user/register", token=admin, body=user).data
+    nvllm.request("POST", "/api/user/register", token=admin, body=user)
     return nvllm.login(WORKER, WORKER_PASSWORD)
 
 

@@ -97,7 +97,7 @@ def test_comes_back_after_nvllm_restarts_and_after_its_node_is_deleted(
               "heartbeats after the restart")
 
     admin = nvllm.login()
-    nvllm.request("DELETE", f"/api/node/node/delete/{NODE}", token=admin).data
+    nvllm.request("DELETE", f"/api/node/node/delete/{NODE}", token=admin)
     node = wait_node(nvllm, worker_token, lambda s: s["node_status"] == "online",
                      "the node to register again", timeout=TWO_INTERVALS)
     assert node["models"] == ["fake-model"]
