@@ -147,6 +147,7 @@ class Fleet:
         self._states: dict[str, NodeState] = {}
         self._lock = threading.Lock()
         self._refreshed_at = 0.0
+        self._attempted_at = 0.0
         self._storage_ok = True
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -235,10 +236,20 @@ class Fleet:
 
     # --- refreshing from Redis ---
 
+    def refresh_if_older(self, seconds: float) -> bool:
+        """Refresh now unless the view (or the last attempt) is younger than
+        `seconds`; True when it refreshed."""
+        now = self._clock()
+        if now - max(self._refreshed_at, self._attempted_at) < seconds:
+            return False
+        self.refresh()
+        return True
+
     def refresh(self) -> None:
         """Reload nodes and other instances' counts; publish ours. On a Redis
         failure keep the last view and say so once."""
         now = self._clock()
+        self._attempted_at = now
         try:
             nodes = self._nodes.load_all()
             local = {s.node_id: s.local_inflight for s in self._states.values()}

@@ -50,6 +50,7 @@ DROP_REQUEST = HOP_BY_HOP | {
 # sent twice (RFC 9110 allows one Date).
 DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "endpoint-load-metrics", "date", "server"}
 LOAD_HEADER = "endpoint-load-metrics"
+FRESH_ENOUGH = 0.1  # seconds: how stale the fleet view may be before a 503
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,10 @@ class Proxy:
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """The node the policy picks now. Raises NoRoutableNode."""
         candidates = self._candidates(request, exclude)
+        if not candidates and not exclude and self.fleet.refresh_if_older(FRESH_ENOUGH):
+            # A node registered a moment ago should not get a 503 for want of
+            # a refresh; at most one such refresh per FRESH_ENOUGH seconds.
+            candidates = self._candidates(request, exclude)
         if not candidates:
             raise NoRoutableNode(request.model)
         return self.policy.choose(candidates, request)

@@ -13,6 +13,7 @@ from model.errors import StorageUnavailable, Unauthorized
 from model.user import Role, User
 
 ALGORITHM = "HS256"
+MAX_VERIFIED = 10_000  # tokens whose signature was checked, kept per process
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TokenService:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, User | None]] = {}
+        self._verified: dict[str, dict] = {}
 
     def issue(self, user: User, ttl: int) -> str:
         now = int(self._clock())
@@ -53,6 +55,20 @@ class TokenService:
 
     def verify(self, token: str) -> Claims:
         """Raises Unauthorized for a bad, expired or revoked token."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+        if claims["exp"] <= self._clock():
+            raise Unauthorized("token expired")
+        user = self._user(str(claims["sub"]))
+        if user is None or user.token_version != claims.get("ver", 0):
+            raise Unauthorized("token revoked")
+        return Claims(user.username, user.role)
+
+    def _decode(self, token: str) -> dict:
+        """Check the signature and claims' shape once per token: a client sends
+        the same token with every request, and the check is the costliest part
+        of authenticating one. Expiry and revocation are checked every time."""
         try:
             claims = jwt.decode(
                 token,
@@ -69,12 +85,10 @@ class TokenService:
             raise Unauthorized("invalid token") from None
         if any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in (claims["exp"], claims["iat"])):
             raise Unauthorized("invalid token")
-        if claims["exp"] <= self._clock():
-            raise Unauthorized("token expired")
-        user = self._user(str(claims["sub"]))
-        if user is None or user.token_version != claims.get("ver", 0):
-            raise Unauthorized("token revoked")
-        return Claims(user.username, user.role)
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
 
     def _user(self, username: str) -> User | None:
         now = self._clock()

@@ -301,3 +301,15 @@ def test_close_withdraws_this_instances_counts(node_store, make_fleet, redis, cl
     leaving.close()
     staying.refresh()
     assert staying.get("n1").inflight == 0
+
+
+def test_a_node_registered_a_moment_ago_is_routable_without_waiting(node_store, make_fleet, clock):
+    from service.balancer import LoadPolicy, RouteRequest
+    from service.proxy import Proxy, UpstreamConfig
+
+    fleet = make_fleet()
+    fleet.refresh()
+    proxy = Proxy(fleet, LoadPolicy(), UpstreamConfig())
+    clock.advance(0.2)
+    node_store.save(node(now=clock()))
+    assert proxy.select(RouteRequest()).state.node_id == "n1"
