@@ -484,12 +484,12 @@ class Outcome:
 
 
 async def send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], *, t0: float,
-               collect: bool = False) -> Outcome:
+               collect: bool = False, headers: dict[str, str] | None = None) -> Outcome:
     """POST one chat completion; measure from t0 (time.perf_counter()), the
     moment it should have left (open loop: client-side lateness counts)."""
     stream = bool(body.get("stream"))
     try:
-        async with session.post(url + "/v1/chat/completions", json=body) as r:
+        async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
             if r.status != 200:
                 await r.read()
                 return Outcome(False, r.status, f"HTTP {r.status}")
@@ -543,6 +543,15 @@ def session_for(target: Target, *, timeout: float, connections: int = 0) -> aioh
 class Planned:
     at: float  # seconds after the run starts
     body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def session_headers(key: str) -> dict[str, str]:
+    """How each router is told that requests belong together (a conversation,
+    a user): vllm-router's consistent_hash and sticky_least_loaded read
+    X-Session-ID (and the body's OpenAI `user`), sglang-router's manual policy
+    x-smg-routing-key. nvllm needs none: it matches prompt prefixes."""
+    return {"X-Session-ID": key, "x-smg-routing-key": key}
 
 
 async def open_loop(target: Target, plan: Sequence[Planned], *, timeout: float, drain: float,
@@ -561,7 +570,7 @@ async def open_loop(target: Target, plan: Sequence[Planned], *, timeout: float, 
             if delay > 0:
                 await asyncio.sleep(delay)
             url = target.urls[i % len(target.urls)]
-            tasks.append(asyncio.create_task(send(session, url, item.body, t0=start + item.at)))
+            tasks.append(asyncio.create_task(send(session, url, item.body, t0=start + item.at, headers=item.headers)))
         done, pending = await asyncio.wait(tasks, timeout=drain) if tasks else (set(), set())
         for task in pending:
             task.cancel()
@@ -667,6 +676,18 @@ def _json(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         return asdict(obj)
     raise TypeError(type(obj))
+
+
+def save_raw(name: str, outcomes: Sequence[Outcome], extras: Sequence[dict[str, Any]] | None = None) -> None:
+    """Every request's outcome (and what was asked, when given), one JSON
+    object a line, for a closer look (bench/results/*.raw, not committed)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"{name}.raw", "w") as f:
+        for i, o in enumerate(outcomes):
+            record = {k: v for k, v in asdict(o).items() if k != "text"}
+            if extras is not None and i < len(extras):
+                record.update(extras[i])
+            f.write(json.dumps(record) + "\n")
 
 
 def make_logdir(scenario: str) -> Path:

@@ -64,13 +64,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 async def run(quick: bool = False, seed: int = 1, policy: str = "load") -> dict[str, Any]:
     rate = LOAD * capacity()["fleet"]
-    duration = 5.0 if quick else 15.0
+    duration = 5.0 if quick else 12.0
     plan = mixed_plan(seed, duration, rate)
     logdir = make_logdir("instances")
     log(f"(d) nvllm x2 vs x1 on one Redis: logs in {logdir}")
     rows = []
     for instances in (1, 2):
-        rows.append(await measure(instances, policy, plan, logdir, drain=30.0 if quick else 45.0))
+        rows.append(await measure(instances, policy, plan, logdir, drain=30.0))
     head = (f"Workload b1 mixed ({len(plan)} streamed requests at {rate:.2f} req/s for {duration:g} s), "
             f"fleet `{FLEET.command()}`, one valkey-server as REDIS_URL for every instance.")
     text = head + "\n\n" + table(rows)

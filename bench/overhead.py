@@ -47,7 +47,6 @@ FLEET = FleetSpec(speeds=(1.0, 1.0), max_num_seqs=4096, step_time=0.0, prefill_t
 TARGETS = [
     ("direct", ""),
     ("nvllm", "load"),
-    ("nvllm", "round_robin"),
     ("vllm-router", "cache_aware"),
     ("vllm-router", "round_robin"),
     ("sglang-router", "cache_aware"),
@@ -121,7 +120,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 async def run(quick: bool = False, seed: int = 1) -> dict[str, Any]:
-    sat_seconds, rate_seconds = (2.0, 3.0) if quick else (6.0, 10.0)
+    sat_seconds, rate_seconds = (2.0, 3.0) if quick else (5.0, 8.0)
     targets = QUICK_TARGETS if quick else TARGETS
     logdir = make_logdir("overhead")
     log(f"(a) overhead: logs in {logdir}")

@@ -54,9 +54,11 @@ from common import (
     markdown_table,
     open_loop,
     rng_words,
+    save_raw,
     secs,
     send,
     session_for,
+    session_headers,
     start_target,
     summarize,
     write_results,
@@ -72,6 +74,7 @@ PROMPT_RANGE = (50, 2000)
 OUTPUT_RANGE = (16, 256)
 TEMPLATE_TOKENS = 11  # the fake's chat template around one user message, BOS included
 TIMEOUT = 120.0
+USERS = 64  # b1 requests come from this many users (the body's `user`, and session headers)
 
 # b2
 SYSTEM_WORDS = 400
@@ -104,9 +107,10 @@ def mixed_plan(seed: int, duration: float, rate: float) -> list[Planned]:
     plan, t = [], rng.expovariate(rate)
     while t < duration:
         words = log_uniform(rng, *PROMPT_RANGE)
+        user = f"user-{rng.randrange(USERS)}"
         body = {"model": MODEL, "messages": [{"role": "user", "content": rng_words(rng, words)}],
-                "max_tokens": log_uniform(rng, *OUTPUT_RANGE), "stream": True}
-        plan.append(Planned(t, body))
+                "max_tokens": log_uniform(rng, *OUTPUT_RANGE), "stream": True, "user": user}
+        plan.append(Planned(t, body, session_headers(user)))
         t += rng.expovariate(rate)
     return plan
 
@@ -137,11 +141,13 @@ async def run_conversations(target: Target, convs: Sequence[dict[str, Any]], *, 
             await asyncio.sleep(max(0.0, start + conv["start"] - time.perf_counter()))
             messages = [{"role": "system", "content": conv["system"]}]
             url = target.urls[k % len(target.urls)]
+            key = f"conversation-{k}"
             for question, max_tokens, think in conv["turns"]:
                 messages.append({"role": "user", "content": question})
-                body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True}
+                body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True, "user": key}
                 try:
-                    outcome = await send(session, url, body, t0=time.perf_counter(), collect=True)
+                    outcome = await send(session, url, body, t0=time.perf_counter(), collect=True,
+                                         headers=session_headers(key))
                 except asyncio.CancelledError:
                     outcomes.append(Outcome(False, 0, "unfinished at drain"))
                     raise
@@ -189,6 +195,9 @@ async def measure(name: str, policy: str, workload: str, logdir, *, plan=None, c
                 outcomes, span = await run_conversations(target, convs, drain=drain)
         hits1, queries1 = await fleet.prefix_counters()
         after = await fleet.stats()
+        extras = [{"at": round(p.at, 3), "prompt_words": p.body["messages"][0]["content"].count(" ") + 1,
+                   "max_tokens": p.body["max_tokens"]} for p in plan] if workload == "mixed" else None
+        save_raw(f"routing-{workload}-{name}-{policy}", outcomes, extras)
         row = summarize(outcomes, span)
         served = [a["completed"] - b["completed"] for a, b in zip(after, before, strict=True)]
         row.update({
@@ -265,9 +274,9 @@ async def run(quick: bool = False, seed: int = 1, workloads: Sequence[str] = ("m
               ) -> dict[str, Any]:
     cap = capacity()
     rate = LOAD * cap["fleet"]
-    duration = 5.0 if quick else 15.0
+    duration = 5.0 if quick else 12.0
     plan = mixed_plan(seed, duration, rate)
-    n_convs, window = (8, 4.0) if quick else (32, 12.0)
+    n_convs, window = (8, 4.0) if quick else (24, 9.0)
     convs = conversations(seed, n_convs, window)
     logdir = make_logdir("routing")
     log(f"(b) routing: logs in {logdir}; capacity {cap['fleet']:.2f} req/s, offered {rate:.2f} req/s "
@@ -279,7 +288,7 @@ async def run(quick: bool = False, seed: int = 1, workloads: Sequence[str] = ("m
         for name, policy in targets(quick):
             try:
                 rows.append(await measure(name, policy, workload, logdir, plan=plan, convs=convs,
-                                          drain=30.0 if quick else 45.0))
+                                          drain=30.0))
             except RuntimeError as exc:  # a router that cannot start or route is reported, not fatal
                 log(f"  {workload} {name} {policy}: FAILED: {exc}")
                 rows.append({"target": name, "policy": policy, "failed": str(exc)})
