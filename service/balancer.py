@@ -1,17 +1,27 @@
 """Routing policies: which routable node gets a request.
 
-The default policy, `load`, sends each request where it should start soonest:
+The default policy, `load`, estimates for each candidate node n when this
+request would get its first token and when its last, and takes the cheapest
 
-    cost(n) = token_time(n) * (load(n) + 1) * kv_penalty(n)
+    cost(n) = (1 + TTFT_WEIGHT) * ttft(n) + t(n) * out
+    ttft(n) = backlog(n) + t(n) * PREFILL_STEPS_PER_TOKEN * uncached(n)
+              + t(n) * max(0, load(n) + 1 - slots(n)) * mean_out / slots(n)
 
+times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
+
+- t(n): seconds per generated token, a moving average measured on the node's
+  streams (the fleet's median for a node not measured yet). It carries the
+  node's speed, so slow nodes get short answers and fast nodes long ones.
+- out: the request's max_tokens (256 when unset); mean_out its moving average.
+- uncached(n): prompt tokens (characters / 4) not already in n's prefix cache,
+  as far as nvllm's prefix index knows.
+- backlog(n): seconds of prompt processing nvllm sent n that n has not worked
+  through yet: a long prompt stalls the batch it joins, so the next request is
+  better placed elsewhere.
 - load(n): requests in flight to n from every nvllm instance, plus what n's
   last report showed beyond them (traffic that bypassed nvllm): the last report
-  plus the requests sent since, so a stale report draws no herd.
-- token_time(n): EWMA of seconds per streamed token seen from n; a node never
-  measured gets the fleet's median. Dividing work by speed makes this shortest-
-  expected-delay, so a node half as fast gets half as much.
-- kv_penalty(n) = 1 + 10 * max(0, kv_usage(n) - 0.9): a node whose KV cache is
-  nearly full is about to queue or preempt.
+  plus the requests sent since, so a stale report draws no herd. slots(n): how
+  many n runs at once (learned from its reports; 8 until seen).
 
 Prefix affinity: prompts are cut into blocks whose hashes chain (as vLLM's
 prefix cache does); the node that last served the longest known chain gets the
@@ -26,8 +36,9 @@ import hashlib
 import itertools
 import random
 import statistics
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,12 +47,32 @@ from service.fleet import NodeState
 BLOCK_CHARS = 256  # prompt characters per prefix block (~64 tokens)
 MAX_BLOCKS = 64  # hash at most the first 16K characters
 NEAR_TIE = 1.10
+DEFAULT_OUT_TOKENS = 256  # when the body sets no max_tokens
+MAX_OUT_TOKENS = 8192
+CHARS_PER_TOKEN = 4
+# One prompt token's prefill costs about this many decode steps (vLLM on a
+# current GPU: 0.005-0.01); it turns prompt length into seconds on each node.
+PREFILL_STEPS_PER_TOKEN = 0.01
+DEFAULT_TOKEN_TIME = 0.02  # seconds per token until some node was measured
+TTFT_WEIGHT = 8.0  # how much more a second of waiting to start counts than one of generating
+MEAN_OUT_WEIGHT = 0.05
 
 
 @dataclass
 class RouteRequest:
     model: str | None = None
     blocks: list[bytes] = field(default_factory=list)  # chained prefix hashes
+    prompt_chars: int = 0
+    out_tokens: int = DEFAULT_OUT_TOKENS
+    prefill: float = 0.0  # set by LoadPolicy.choose for the chosen node
+
+
+@dataclass(frozen=True)
+class Estimate:
+    ttft: float  # seconds until the first token
+    end: float  # seconds until the last token
+    prefill: float  # seconds of the node's prefill this request adds
+    cost: float  # what the load policy minimizes
 
 
 @dataclass
@@ -94,11 +125,22 @@ def prefix_blocks(text: str) -> list[bytes]:
     return blocks
 
 
+def out_tokens(body: dict[str, Any]) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return min(value, MAX_OUT_TOKENS)
+    return DEFAULT_OUT_TOKENS
+
+
 def route_request(body: dict[str, Any]) -> RouteRequest:
     model = body.get("model")
+    text = prompt_text(body)
     return RouteRequest(
         model=model if isinstance(model, str) else None,
-        blocks=prefix_blocks(prompt_text(body)),
+        blocks=prefix_blocks(text),
+        prompt_chars=len(text),
+        out_tokens=out_tokens(body),
     )
 
 
@@ -130,44 +172,63 @@ def _rendezvous(block: bytes, node_id: str) -> bytes:
 
 
 class LoadPolicy:
-    """The default: shortest expected delay, with prefix affinity."""
+    """The default: least expected time to first token and to completion, with
+    prefix affinity (see the module docstring)."""
 
     name = "load"
 
-    def __init__(self, affinity_slack: float = 0.5) -> None:
+    def __init__(self, affinity_slack: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.affinity_slack = affinity_slack
         self.prefixes = PrefixIndex()
+        self.mean_out = float(DEFAULT_OUT_TOKENS)
+        self._clock = clock
 
-    @staticmethod
-    def costs(candidates: Sequence[NodeState]) -> dict[str, float]:
+    def estimates(
+        self, candidates: Sequence[NodeState], request: RouteRequest, affine: str | None = None, depth: int = 0
+    ) -> dict[str, Estimate]:
+        """Expected seconds to first token and to the end, per candidate."""
         measured = [s.token_time for s in candidates if s.token_time]
-        default = statistics.median(measured) if measured else 1.0
-        costs = {}
+        default = statistics.median(measured) if measured else DEFAULT_TOKEN_TIME
+        prompt = request.prompt_chars / CHARS_PER_TOKEN
+        cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN
+        now = self._clock()
+        found = {}
         for s in candidates:
+            t = s.token_time or default
+            uncached = max(0.0, prompt - (cached if s.node_id == affine else 0.0))
+            prefill = t * PREFILL_STEPS_PER_TOKEN * uncached
+            queued = max(0, s.load + 1 - s.slots) * self.mean_out / s.slots
+            ttft = s.prefill_backlog(now) + prefill + t * queued
             kv_penalty = 1.0 + 10.0 * max(0.0, (s.kv_usage or 0.0) - 0.9)
-            costs[s.node_id] = (s.token_time or default) * (s.load + 1) * kv_penalty
-        return costs
+            cost = (ttft * (1 + TTFT_WEIGHT) + t * request.out_tokens) * kv_penalty
+            found[s.node_id] = Estimate(ttft=ttft, end=ttft + t * request.out_tokens, prefill=prefill, cost=cost)
+        return found
 
     def choose(self, candidates: Sequence[NodeState], request: RouteRequest) -> Decision:
-        costs = self.costs(candidates)
-        best = min(costs.values())
         by_id = {s.node_id: s for s in candidates}
         affine, depth = self.prefixes.longest_match(request.blocks, set(by_id))
-        if affine is not None and costs[affine] <= best * (1 + self.affinity_slack):
-            return Decision(by_id[affine], f"load affinity={depth} cost={costs[affine]:.3g}")
-        near = [s for s in candidates if costs[s.node_id] <= best * NEAR_TIE]
-        if len(near) > 1 and request.blocks:
-            first = request.blocks[0]
-            chosen = max(near, key=lambda s: _rendezvous(first, s.node_id))
-        elif len(near) > 1:
-            chosen = random.choice(near)
+        self.mean_out += MEAN_OUT_WEIGHT * (request.out_tokens - self.mean_out)
+        estimates = self.estimates(candidates, request, affine, depth)
+        best = min(e.cost for e in estimates.values())
+        if affine is not None and estimates[affine].cost <= best * (1 + self.affinity_slack):
+            chosen, why = by_id[affine], f"affinity={depth} "
         else:
-            chosen = near[0]
-        return Decision(chosen, f"load cost={costs[chosen.node_id]:.3g}")
+            near = [s for s in candidates if estimates[s.node_id].cost <= best * NEAR_TIE]
+            if len(near) > 1 and request.blocks:
+                first = request.blocks[0]
+                chosen = max(near, key=lambda s: _rendezvous(first, s.node_id))
+            else:
+                chosen = random.choice(near)
+            why = ""
+        estimate = estimates[chosen.node_id]
+        request.prefill = estimate.prefill
+        return Decision(chosen, f"load {why}ttft={estimate.ttft:.3f}s end={estimate.end:.2f}s")
 
     def routed(self, state: NodeState, request: RouteRequest) -> None:
         if request.blocks:
             self.prefixes.record(request.blocks, state.node_id)
+        if request.prefill:
+            state.add_prefill(request.prefill, self._clock())
 
 
 class RoundRobinPolicy:

@@ -24,6 +24,7 @@ from model.node import Node
 
 log = logging.getLogger("nvllm.fleet")
 
+DEFAULT_SLOTS = 8  # assumed batch size of a node never seen saturated
 EWMA_WEIGHT = 0.2  # weight of a new per-token time sample
 LEASE_SECONDS = 10.0  # how long another instance trusts our published counts
 
@@ -85,6 +86,10 @@ class NodeState:
     # What the node's last report counted beyond the requests the balancers
     # had in flight to it then: traffic that bypassed nvllm.
     external: int = 0
+    saturated_at: int = 0
+    prefill_debt: float = 0.0
+    prefill_debt_at: float = 0.0
+    most_running: int = 0
     kv_usage: float | None = None
     token_time: float | None = None  # EWMA seconds per streamed token
     breaker: Breaker = field(default_factory=Breaker)
@@ -118,6 +123,28 @@ class NodeState:
         self.reported_running = running
         self.reported_waiting = waiting
         self.external = max(0, running + waiting - self.inflight)
+        if waiting > 0 and running > 0:
+            self.saturated_at = running  # a queue formed: this is its capacity now
+        self.most_running = max(self.most_running, running)
+
+    @property
+    def slots(self) -> int:
+        """How many requests the node runs at once before queueing: what it ran
+        when a queue last formed; else at least DEFAULT_SLOTS, or the most it
+        was ever seen running."""
+        if self.saturated_at:
+            return self.saturated_at
+        return max(DEFAULT_SLOTS, self.most_running)
+
+    def prefill_backlog(self, now: float) -> float:
+        """Seconds of prompt processing this instance has sent the node that it
+        has not worked through yet, assuming it works through one second per
+        second."""
+        return max(0.0, self.prefill_debt - (now - self.prefill_debt_at))
+
+    def add_prefill(self, seconds: float, now: float) -> None:
+        self.prefill_debt = self.prefill_backlog(now) + seconds
+        self.prefill_debt_at = now
 
     def add_token_time(self, seconds: float) -> None:
         if self.token_time is None:

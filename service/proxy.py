@@ -252,18 +252,20 @@ class Proxy:
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
-        events = 0
-        first_at = last_at = 0.0
+        events = mark_events = 0
+        mark_at = last_at = 0.0
         outcome = "ok"
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
                 if stream:
-                    now = time.perf_counter()
-                    if not events:
-                        first_at = now
-                    last_at = now
-                    events += chunk.count(b"data:")
+                    # Per-token time is measured from the second event on: the
+                    # first (the role, or the first token) waits for the prefill.
+                    last_at = time.perf_counter()
+                    seen = chunk.count(b"data:")
+                    if events < 2 <= events + seen:
+                        mark_at, mark_events = last_at, events + seen
+                    events += seen
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -284,8 +286,8 @@ class Proxy:
                 response.close()
                 response.release_conn()
             self.fleet.release(state)
-            if events >= 4:
-                state.add_token_time((last_at - first_at) / (events - 1))
+            if events - mark_events >= 3:
+                state.add_token_time((last_at - mark_at) / (events - mark_events))
             self._report(state, response.status, outcome, started)
 
     def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:

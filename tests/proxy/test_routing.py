@@ -77,7 +77,7 @@ def test_least_inflight_avoids_the_node_holding_a_stream(start_nvllm, start_fake
 def test_load_policy_is_the_default_and_spreads(pair):
     client = pair.sdk()
     answer = client.completions.with_raw_response.create(model="fake-model", prompt="x", max_tokens=1)
-    assert answer.headers["X-NVLLM-Route"].startswith("load cost=")
+    assert answer.headers["X-NVLLM-Route"].startswith("load ttft=")
     picks = Counter(
         client.completions.with_raw_response.create(
             model="fake-model", prompt=f"distinct prompt {i} " * 40, max_tokens=1

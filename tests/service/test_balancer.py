@@ -14,7 +14,10 @@ from model.errors import NoRoutableNode
 from model.node import Node, NodeInfo, NodeStatus
 from service.balancer import (
     BLOCK_CHARS,
+    DEFAULT_TOKEN_TIME,
     MAX_BLOCKS,
+    PREFILL_STEPS_PER_TOKEN,
+    TTFT_WEIGHT,
     LeastInflightPolicy,
     LoadPolicy,
     PrefixIndex,
@@ -61,52 +64,84 @@ def prompt(seed: str, blocks: int) -> str:
 # --- the load cost ---
 
 
-def test_cost_is_token_time_times_load_plus_one():
-    costs = LoadPolicy.costs([state("a", token_time=0.02, inflight=3), state("b", token_time=0.01)])
-    assert costs == {"a": pytest.approx(0.02 * 4), "b": pytest.approx(0.01 * 1)}
+def estimate(candidates, request=None, policy=None):
+    return (policy or LoadPolicy()).estimates(candidates, request or RouteRequest(out_tokens=100))
 
 
-def test_load_is_the_report_plus_what_was_sent_since():
-    reported = state("a", token_time=1.0, inflight=2, running=3, waiting=4)  # report says 7
-    counted = state("b", token_time=1.0, inflight=9, running=1, waiting=1)  # we sent 9
-    costs = LoadPolicy.costs([reported, counted])
-    assert costs == {"a": 8.0, "b": 10.0}
-    reported.local_inflight += 3  # three more sent after the report
-    counted.local_inflight -= 5  # five of ours finished
-    assert LoadPolicy.costs([reported, counted]) == {"a": 11.0, "b": 5.0}
+def test_an_idle_node_costs_its_generation_time():
+    found = estimate([state("a", token_time=0.02), state("b", token_time=0.01)])
+    assert found["a"].ttft == 0 and found["a"].end == pytest.approx(2.0)
+    assert found["a"].cost == pytest.approx(2.0) and found["b"].cost == pytest.approx(1.0)
+
+
+def test_requests_beyond_the_slots_wait_their_turn():
+    # 8 slots (the default) all taken: one more waits for a slot to free,
+    # mean_out / slots = 256 / 8 = 32 tokens on average.
+    found = estimate([state("a", token_time=0.01, inflight=8), state("b", token_time=0.01, inflight=7)])
+    assert found["a"].ttft == pytest.approx(0.32)
+    assert found["b"].ttft == 0
+    assert found["a"].cost == pytest.approx(0.32 * (1 + TTFT_WEIGHT) + 1.0)
+
+
+def test_slots_are_learned_from_a_report_with_a_queue():
+    busy = state("a", token_time=0.01, running=4, waiting=2)
+    assert busy.slots == 4
+    assert state("b", running=20).slots == 20  # seen running 20 with no queue: at least 20
+
+
+def test_prompt_length_is_prefill_time_on_each_node():
+    request = RouteRequest(prompt_chars=4000, out_tokens=10)  # 1000 tokens
+    found = estimate([state("fast", token_time=0.01), state("slow", token_time=0.025)], request)
+    assert found["fast"].ttft == pytest.approx(0.01 * PREFILL_STEPS_PER_TOKEN * 1000)
+    assert found["slow"].ttft == pytest.approx(0.025 * PREFILL_STEPS_PER_TOKEN * 1000)
+
+
+def test_prefill_sent_to_a_node_is_a_backlog_that_drains(clock):
+    policy = LoadPolicy(clock=clock)
+    a, b = state("a", token_time=0.01), state("b", token_time=0.01)
+    long_prompt = RouteRequest(blocks=[], prompt_chars=40_000, out_tokens=10)  # 10,000 tokens: 1 s
+    decision = policy.choose([a, b], long_prompt)
+    policy.routed(decision.state, long_prompt)
+    assert decision.state.prefill_backlog(clock()) == pytest.approx(1.0)
+    other = "b" if decision.state.node_id == "a" else "a"
+    assert policy.choose([a, b], RouteRequest(out_tokens=10)).state.node_id == other
+    clock.advance(0.4)
+    assert decision.state.prefill_backlog(clock()) == pytest.approx(0.6)
+    clock.advance(1)
+    assert decision.state.prefill_backlog(clock()) == 0
 
 
 def test_unmeasured_node_gets_the_fleet_median_speed():
-    costs = LoadPolicy.costs(
-        [state("a", token_time=0.01), state("b", token_time=0.03), state("c", token_time=0.05), state("new")]
-    )
-    assert costs["new"] == pytest.approx(0.03)
+    found = estimate([state("a", token_time=0.01), state("b", token_time=0.03), state("c", token_time=0.05),
+                      state("new")])
+    assert found["new"].end == pytest.approx(0.03 * 100)
 
 
-def test_no_node_measured_means_unit_speed():
-    assert LoadPolicy.costs([state("a", inflight=2), state("b")]) == {"a": 3.0, "b": 1.0}
+def test_no_node_measured_means_equal_speeds():
+    found = estimate([state("a"), state("b")])
+    assert found["a"].cost == found["b"].cost == pytest.approx(DEFAULT_TOKEN_TIME * 100)
 
 
 @pytest.mark.parametrize(
     ("kv", "penalty"), [(None, 1.0), (0.0, 1.0), (0.9, 1.0), (0.95, 1.5), (1.0, 2.0)]
 )
 def test_kv_penalty_starts_above_ninety_percent(kv, penalty):
-    assert LoadPolicy.costs([state("a", kv=kv)])["a"] == pytest.approx(penalty)
+    assert estimate([state("a", token_time=0.01, kv=kv)])["a"].cost == pytest.approx(1.0 * penalty)
 
 
 def test_load_policy_picks_the_cheapest_and_says_why():
-    decision = LoadPolicy().choose([state("a", inflight=4), state("b", inflight=1)], RouteRequest())
+    decision = LoadPolicy().choose([state("a", token_time=0.02), state("b", token_time=0.01)],
+                                   RouteRequest(out_tokens=100))
     assert decision.state.node_id == "b"
-    assert decision.reason == "load cost=2"
+    assert decision.reason == "load ttft=0.000s end=1.00s"
 
 
-def test_a_faster_node_takes_more_before_it_costs_more():
-    fast, slow = state("fast", token_time=0.01, inflight=1), state("slow", token_time=0.02, inflight=0)
-    # fast: 0.01 * 2 = 0.02 ties slow: 0.02 * 1; one more to fast tips it over.
-    fast.local_inflight = 2
-    assert LoadPolicy().choose([fast, slow], RouteRequest()).state.node_id == "slow"
-    fast.local_inflight = 0
-    assert LoadPolicy().choose([fast, slow], RouteRequest()).state.node_id == "fast"
+def test_long_answers_go_to_fast_nodes_short_ones_fill_slow_nodes():
+    fast = state("fast", token_time=0.01, inflight=9)  # 2 waiting for a slot: 0.64 s to start
+    slow = state("slow", token_time=0.025)
+    policy = LoadPolicy()
+    assert policy.choose([fast, slow], RouteRequest(out_tokens=2000)).state.node_id == "fast"
+    assert policy.choose([fast, slow], RouteRequest(out_tokens=16)).state.node_id == "slow"
 
 
 # --- prefix affinity ---
@@ -115,24 +150,23 @@ def test_a_faster_node_takes_more_before_it_costs_more():
 def test_affinity_sends_a_shared_prefix_back_to_its_node():
     policy = LoadPolicy(affinity_slack=0.5)
     request = RouteRequest(blocks=prefix_blocks(prompt("x", 4)))
-    a, b = state("a", inflight=1), state("b", inflight=0)
+    a, b = state("a", token_time=0.02), state("b", token_time=0.01)
     policy.routed(a, request)
-    decision = policy.choose([a, b], request)  # a costs 2, b costs 1: not within 1.5x
+    decision = policy.choose([a, b], request)  # a costs twice b: not within 1.5x
     assert decision.state.node_id == "b"
-    a.local_inflight = 0
-    b.local_inflight = 1
+    a.token_time, b.token_time = 0.01, 0.01
     decision = policy.choose([a, b], request)
     assert decision.state.node_id == "a"
-    assert decision.reason == "load affinity=4 cost=1"
+    assert decision.reason.startswith("load affinity=4 ")
 
 
-@pytest.mark.parametrize(("affine_load", "held"), [(1, True), (2, True), (3, False)])
-def test_affinity_holds_only_within_the_slack(affine_load, held):
+@pytest.mark.parametrize(("affine_speed", "held"), [(1.0, True), (1.5, True), (1.6, False)])
+def test_affinity_holds_only_within_the_slack(affine_speed, held):
     policy = LoadPolicy(affinity_slack=0.5)
     request = RouteRequest(blocks=prefix_blocks(prompt("y", 2)))
-    # The cheapest costs 2 (load 1); the affine node costs 2 or 3 (held: at most
-    # 1.5 x 2) or 4 (not held).
-    affine, other = state("affine", inflight=affine_load), state("other", inflight=1)
+    # The affine node costs 1, 1.5 (held: at most 1.5 x the cheapest) or 1.6
+    # times the other (not held).
+    affine, other = state("affine", token_time=0.01 * affine_speed), state("other", token_time=0.01)
     policy.routed(affine, request)
     chosen = policy.choose([affine, other], request).state.node_id
     assert (chosen == "affine") is held
@@ -156,7 +190,7 @@ def test_affinity_ignores_an_owner_that_is_not_a_candidate():
     policy = LoadPolicy()
     request = RouteRequest(blocks=prefix_blocks(prompt("z", 3)))
     policy.routed(state("gone"), request)
-    decision = policy.choose([state("a", inflight=1), state("b")], request)
+    decision = policy.choose([state("a", token_time=0.02), state("b", token_time=0.01)], request)
     assert decision.state.node_id == "b"
     assert "affinity" not in decision.reason
 
