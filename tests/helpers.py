@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -61,3 +63,39 @@ def app_routes() -> list[tuple[str, str]]:
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll until `predicate()` is truthy; return its value or fail naming `what`."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+# The seed's requests, verbatim.
+SEED_REGISTER = {
+    "node_id": "node-001",
+    "node_type": "worker",
+    "node_address": "192.168.1.100",
+    "node_port": 8000,
+    "node_status": "online",
+    "node_info": {"running": 0, "waiting": 0, "kv_cache": 0},
+    "remark": "GPU节点1",
+    "timeout": 60,
+}
+SEED_UPDATE = {
+    "node_type": "worker",
+    "node_address": "192.168.1.100",
+    "node_port": 8001,
+    "node_status": "online",
+    "node_info": {"running": 2, "waiting": 1, "kv_cache": 1024},
+    "remark": "GPU节点1-更新",
+    "timeout": 120,
+}

@@ -7,30 +7,10 @@ import uuid
 
 import pytest
 
-from tests.helpers import TIME_PATTERN, error_text, ok_data
+from tests.helpers import SEED_REGISTER, SEED_UPDATE, TIME_PATTERN, error_text, ok_data
 
 BASE = "/api/node/node"
 
-# The seed's requests, verbatim.
-SEED_REGISTER = {
-    "node_id": "node-001",
-    "node_type": "worker",
-    "node_address": "192.168.1.100",
-    "node_port": 8000,
-    "node_status": "online",
-    "node_info": {"running": 0, "waiting": 0, "kv_cache": 0},
-    "remark": "GPU节点1",
-    "timeout": 60,
-}
-SEED_UPDATE = {
-    "node_type": "worker",
-    "node_address": "192.168.1.100",
-    "node_port": 8001,
-    "node_status": "online",
-    "node_info": {"running": 2, "waiting": 1, "kv_cache": 1024},
-    "remark": "GPU节点1-更新",
-    "timeout": 120,
-}
 SEED_FIELDS = [
     "node_id", "node_type", "node_address", "node_port", "node_status",
     "node_info", "remark", "timeout", "create_time", "update_time",

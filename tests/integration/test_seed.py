@@ -7,31 +7,14 @@ import re
 
 import pytest
 
+from tests.helpers import SEED_REGISTER, SEED_UPDATE
+
 pytestmark = pytest.mark.integration
 
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
 ENVELOPE = ["message", "status", "code", "data", "trace_id"]
 ERROR_ENVELOPE = ["message", "status", "code", "error", "trace_id"]
 
-REGISTER = {
-    "node_id": "node-001",
-    "node_type": "worker",
-    "node_address": "192.168.1.100",
-    "node_port": 8000,
-    "node_status": "online",
-    "node_info": {"running": 0, "waiting": 0, "kv_cache": 0},
-    "remark": "GPU节点1",
-    "timeout": 60,
-}
-UPDATE = {
-    "node_type": "worker",
-    "node_address": "192.168.1.100",
-    "node_port": 8001,
-    "node_status": "online",
-    "node_info": {"running": 2, "waiting": 1, "kv_cache": 1024},
-    "remark": "GPU节点1-更新",
-    "timeout": 120,
-}
 
 
 def success(answer, trace_id: str | None = None):
@@ -81,19 +64,19 @@ def test_seed_walkthrough(start_service, redis_url):
     assert token.count(".") == 2
 
     registered = success(
-        service.request("POST", "/api/node/node/register", token=token, body=REGISTER, headers=trace),
+        service.request("POST", "/api/node/node/register", token=token, body=SEED_REGISTER, headers=trace),
         "seed-trace-1",
     )
-    seed_node(registered, REGISTER)
+    seed_node(registered, SEED_REGISTER)
 
     updated = success(
-        service.request("PUT", "/api/node/node/update/node-001", token=token, body=UPDATE, headers=trace)
+        service.request("PUT", "/api/node/node/update/node-001", token=token, body=SEED_UPDATE, headers=trace)
     )
-    seed_node(updated, {"node_id": "node-001", **UPDATE})
+    seed_node(updated, {"node_id": "node-001", **SEED_UPDATE})
     assert updated["create_time"] == registered["create_time"]
 
     fetched = success(service.request("GET", "/api/node/node/get_node/node-001", token=token))
-    seed_node(fetched, {"node_id": "node-001", **UPDATE})
+    seed_node(fetched, {"node_id": "node-001", **SEED_UPDATE})
 
     status = success(service.request("GET", "/api/node/node/status/node-001", token=token))
     assert status["node_info"]["running"] == 2
@@ -103,7 +86,7 @@ def test_seed_walkthrough(start_service, redis_url):
 
     listed = success(service.request("GET", "/api/node/node/all", token=token))
     assert [n["node_id"] for n in listed] == ["node-001"]
-    seed_node(listed[0], {"node_id": "node-001", **UPDATE})
+    seed_node(listed[0], {"node_id": "node-001", **SEED_UPDATE})
 
     success(service.request("DELETE", "/api/node/node/delete/node-001", token=token))
     failure(service.request("GET", "/api/node/node/get_node/node-001", token=token), 404)

@@ -27,7 +27,7 @@ from main import create_app
 from model.node import Node, NodeStatus
 from service.fleet import Fleet
 from service.user import create_user
-from tests.helpers import ADMIN_PASSWORD, PASSWORD
+from tests.helpers import ADMIN_PASSWORD, PASSWORD, wait_for
 
 FAST = {
     "fleet_refresh": 0.1,
@@ -37,18 +37,6 @@ FAST = {
     "upstream_read_timeout": 5.0,
     "probe_interval": 0.0,  # no node polling: the tests set each node's state
 }
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy; return its value or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
