@@ -27,6 +27,7 @@ import redis
 import urllib3
 
 from server.store import STATE_FILE, EmbeddedStore, run_embedded
+from tests.helpers import wait_for  # noqa: F401 - re-exported to the tests beside it
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "integration-admin-password"
