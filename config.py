@@ -135,13 +135,14 @@ class Settings:
     upstream_connect_timeout: float = _env(
         "NVLLM_UPSTREAM_CONNECT_TIMEOUT", _float(0.05, 60), 2.0, "connect timeout to a node, s"
     )
-    upstream_first_byte_timeout: float = _env(
-        "NVLLM_UPSTREAM_FIRST_BYTE_TIMEOUT", _float(0.1, 3600), 30.0,
-        "streamed requests: wait this long for a node's headers and first chunk, then try another node, s",
+    upstream_stream_timeout: float = _env(
+        "NVLLM_UPSTREAM_STREAM_TIMEOUT", _float(0.1, 3600), 30.0,
+        "streamed requests: longest silence from a node, s; before the first chunk the request goes "
+        "to another node, after it the stream is cut",
     )
     upstream_read_timeout: float = _env(
         "NVLLM_UPSTREAM_READ_TIMEOUT", _float(0.1, 86400), 300.0,
-        "longest silence from a node mid-answer (and a whole non-streamed answer), s",
+        "non-streamed requests: longest wait for a node's answer, s",
     )
     upstream_retries: int = _env(
         "NVLLM_UPSTREAM_RETRIES", _int(0, 10), 2, "other nodes tried before the first byte"

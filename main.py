@@ -96,7 +96,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     config = UpstreamConfig(
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
-        first_byte_timeout=settings.upstream_first_byte_timeout,
+        stream_timeout=settings.upstream_stream_timeout,
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )

@@ -57,7 +57,7 @@ FRESH_ENOUGH = 0.1  # seconds: how stale the fleet view may be before a 503
 class UpstreamConfig:
     connect_timeout: float = 2.0
     read_timeout: float = 300.0
-    first_byte_timeout: float = 30.0
+    stream_timeout: float = 30.0
     retries: int = 2
     api_key: str | None = None
 
@@ -214,7 +214,7 @@ class Proxy:
     def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
         # A stream must start within the first-byte timeout (see _first_chunk);
         # a whole (non-streamed) answer may take as long as generation.
-        first = self.config.first_byte_timeout if stream else self.config.read_timeout
+        first = self.config.stream_timeout if stream else self.config.read_timeout
         response = self.http.urlopen(
             "POST",
             state.node.url + path,
@@ -229,20 +229,19 @@ class Proxy:
         return response
 
     def _first_chunk(self, response) -> bytes:
-        """A stream's first bytes, still under the first-byte timeout: vLLM
-        sends a stream's headers before its engine has produced anything, so
-        only the first chunk shows that a node is not stuck. Nothing has reached
-        the client yet, so a timeout here is retried like a connect failure."""
+        """A stream's first bytes: vLLM sends a stream's headers before its
+        engine has produced anything, so only the first chunk shows that a node
+        is not stuck. Nothing has reached the client yet, so a timeout here is
+        retried like a connect failure. The same timeout then bounds every
+        silence in the stream: tokens come many times a second, so a long
+        silence is a stuck node, and the client gets a cut stream rather than
+        a hang."""
         try:
-            first = response.read1(65536)
+            return response.read1(65536)
         except BaseException:
             response.close()
             response.release_conn()
             raise
-        sock = getattr(getattr(response, "connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(self.config.read_timeout)
-        return first
 
     def _relay(
         self, state: NodeState, response, stream: bool, started: float, first: bytes = b""

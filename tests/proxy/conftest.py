@@ -33,7 +33,7 @@ FAST = {
     "fleet_refresh": 0.1,
     "eject_after": 2,
     "upstream_connect_timeout": 0.5,
-    "upstream_first_byte_timeout": 1.0,
+    "upstream_stream_timeout": 1.0,
     "upstream_read_timeout": 5.0,
     "probe_interval": 0.0,  # no node polling: the tests set each node's state
 }

@@ -120,9 +120,9 @@ def test_a_trial_answered_429_does_not_keep_the_node_out(fleet_of_two):
         time.sleep(0.05)
 
 
-def test_a_hung_node_is_retried_after_the_first_byte_timeout(start_nvllm, start_fake):
+def test_a_hung_node_is_retried_after_the_stream_timeout(start_nvllm, start_fake):
     # A wedged engine: the node accepts, sends a stream's headers, then nothing.
-    live = start_nvllm(routing="round_robin", upstream_first_byte_timeout=0.3)
+    live = start_nvllm(routing="round_robin", upstream_stream_timeout=0.3)
     hung, good = start_fake(), start_fake()
     live.register("a-hung", hung.port)
     live.register("b-good", good.port)

@@ -122,3 +122,17 @@ def test_many_streams_some_abandoned_leave_no_count_behind(nvllm, start_fake):
     wait_for(lambda: sum(f.stats()["cancelled"] for f in fakes) == 6, 2, "every abandoned stream to be cancelled")
     assert sum(f.stats()["completed"] for f in fakes) == 6
     assert all(f.stats()["in_flight"] == 0 for f in fakes)
+
+
+def test_a_stream_that_goes_silent_is_cut_after_the_stream_timeout(start_nvllm, start_fake):
+    live = start_nvllm(upstream_stream_timeout=0.5)
+    stuck = start_fake(step_time=0.02)
+    live.register("stuck", stuck.port)
+    held = live.open_stream({"max_tokens": 500})
+    time.sleep(0.1)  # a few tokens reach the client
+    stuck.set_fault("hang")  # then the engine stops producing
+    started = time.monotonic()
+    rest = held.read()
+    assert time.monotonic() - started < 3  # a cut stream, not a wait for the read timeout
+    assert b"[DONE]" not in rest
+    wait_for(lambda: live.inflight("stuck") == 0, 2, "nvllm to release its count")
