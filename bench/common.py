@@ -481,6 +481,7 @@ class Outcome:
     e2e: float | None = None  # seconds from the intended send time to the last byte
     events: int = 0
     text: str = ""  # the streamed answer, when asked for
+    node: str = ""  # which node served, when the router says (nvllm's X-NVLLM-Node)
 
 
 async def send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], *, t0: float,
@@ -493,11 +494,12 @@ async def send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], *
             if r.status != 200:
                 await r.read()
                 return Outcome(False, r.status, f"HTTP {r.status}")
+            node = r.headers.get("X-NVLLM-Node", "")
             if not stream:
                 data = await r.read()
                 e2e = time.perf_counter() - t0
                 ok = b'"choices"' in data
-                return Outcome(ok, 200, "" if ok else "bad body", e2e, e2e)
+                return Outcome(ok, 200, "" if ok else "bad body", e2e, e2e, node=node)
             ttft = None
             events = 0
             done = False
@@ -522,10 +524,10 @@ async def send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], *
                     done = True
             e2e = time.perf_counter() - t0
             if not done:
-                return Outcome(False, 200, "stream ended without [DONE]", ttft, e2e, events)
+                return Outcome(False, 200, "stream ended without [DONE]", ttft, e2e, events, node=node)
             if ttft is None:
                 ttft = e2e
-            return Outcome(True, 200, "", ttft, e2e, events, "".join(parts))
+            return Outcome(True, 200, "", ttft, e2e, events, "".join(parts), node)
     except TimeoutError:
         return Outcome(False, 0, "timeout")
     except (aiohttp.ClientError, OSError) as exc:
@@ -666,7 +668,9 @@ def machine() -> dict[str, Any]:
 def write_results(scenario: str, payload: dict[str, Any], table: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{scenario}.json"
-    path.write_text(json.dumps({"scenario": scenario, "machine": machine(), **payload}, indent=1, default=_json))
+    command = " ".join(["bench/.venv/bin/python", "bench/" + Path(sys.argv[0]).name, *sys.argv[1:]])
+    path.write_text(json.dumps({"scenario": scenario, "machine": machine(), "command": command, **payload}, indent=1,
+                               default=_json))
     (RESULTS / f"{scenario}.md").write_text(table + "\n")
     print(table, flush=True)
     return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 
 import instances
@@ -22,24 +23,36 @@ import streams
 from common import RESULTS, log, machine
 
 SCENARIOS = {
-    "overhead": ("(a) Overhead with an instant backend", "overhead.py", overhead.run, ("overhead",)),
-    "routing": ("(b) Routing quality, every policy", "routing.py", routing.run, ("routing",)),
-    "streams": ("(c) 1,000 concurrent streams through one instance", "streams.py", streams.run, ("streams",)),
-    "instances": ("(d) Two instances on one Redis against one", "instances.py", instances.run, ("instances",)),
+    "overhead": overhead.run,
+    "routing": routing.run,
+    "streams": streams.run,
+    "instances": instances.run,
 }
+# (title, result file) in the order of RESULTS.md; routing-*-selected come from
+# routing.py --targets ... --repeat N, run by hand.
+SECTIONS = [
+    ("(a) Overhead with an instant backend", "overhead"),
+    ("(b) Routing quality, every policy of every router", "routing"),
+    ("(b) Routing quality, the leading policies over 3 runs each: mixed", "routing-mixed-selected"),
+    ("(b) Routing quality, the leading policies over 3 runs each: multi-turn", "routing-multiturn-selected"),
+    ("(c) 1,000 concurrent streams through one instance", "streams"),
+    ("(d) Two instances on one Redis against one", "instances"),
+]
 
 
-def collect(quick: bool) -> None:
+def collect() -> None:
     info = machine()
-    parts = [f"# Benchmark results\n\n{info['date']}, {info['cpus']} CPUs, Python {info['python']}, "
-             f"Linux {info['kernel']}{' (quick smoke run: too short to judge by)' if quick else ''}.\n"]
-    for title, script, _, names in SCENARIOS.values():
-        for name in names:
-            path = RESULTS / f"{name}.md"
-            if path.exists():
-                flag = " --quick" if quick else ""
-                parts.append(f"## {title}\n\nCommand: `bench/.venv/bin/python bench/{script}{flag}`\n\n"
-                             + path.read_text())
+    parts = [f"# Benchmark results\n\nCollected {info['date']}; {info['cpus']} CPUs, Python {info['python']}, "
+             f"Linux {info['kernel']}. Each table stands under the command that produced it.\n"]
+    for title, name in SECTIONS:
+        md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
+        if not md.exists():
+            continue
+        data = json.loads(js.read_text()) if js.exists() else {}
+        command = data.get("command") or f"bench/.venv/bin/python bench/run.py {name.split('-')[0]}"
+        when = data.get("machine", {}).get("date", "")
+        quick = " (a quick smoke run: too short to judge by)" if data.get("quick") else ""
+        parts.append(f"## {title}\n\nCommand: `{command}`{quick}  \nRun: {when}\n\n" + md.read_text())
     (RESULTS / "RESULTS.md").write_text("\n".join(parts))
     log(f"tables collected in {RESULTS / 'RESULTS.md'}")
 
@@ -55,8 +68,8 @@ def main() -> None:
         ap.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     started = time.monotonic()
     for name in args.scenarios or list(SCENARIOS):
-        asyncio.run(SCENARIOS[name][2](quick=args.quick, seed=args.seed))
-    collect(args.quick)
+        asyncio.run(SCENARIOS[name](quick=args.quick, seed=args.seed))
+    collect()
     log(f"done in {time.monotonic() - started:.0f} s")
 
 
