@@ -123,7 +123,7 @@ class Settings:
         "NVLLM_ROUTING", _choice(*ROUTING_POLICIES), "load", "routing policy for /v1 requests"
     )
     affinity_slack: float = _env(
-        "NVLLM_AFFINITY_SLACK", _float(0, 100), 0.5,
+        "NVLLM_AFFINITY_SLACK", _float(0, 100), 0.15,
         "prefix affinity holds while the affine node costs <= (1+slack) x the cheapest",
     )
     fleet_refresh: float = _env(

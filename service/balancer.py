@@ -177,7 +177,7 @@ class LoadPolicy:
 
     name = "load"
 
-    def __init__(self, affinity_slack: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, affinity_slack: float = 0.15, clock: Callable[[], float] = time.monotonic) -> None:
         self.affinity_slack = affinity_slack
         self.prefixes = PrefixIndex()
         self.mean_out = float(DEFAULT_OUT_TOKENS)
