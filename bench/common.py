@@ -656,9 +656,23 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def nvllm_version() -> str:
+    """The commit nvllm ran from, marked dirty when files outside bench/ differ from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench")
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nvllm": nvllm_version(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "kernel": platform.release(),

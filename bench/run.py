@@ -1,6 +1,6 @@
 """Run the whole benchmark suite, or some of it, and collect the tables.
 
-    bench/.venv/bin/python bench/run.py            # everything (about 20 minutes on 2 cores)
+    bench/.venv/bin/python bench/run.py            # everything (about 16 minutes on 2 cores)
     bench/.venv/bin/python bench/run.py --quick    # a smoke run (about 2 minutes)
     bench/.venv/bin/python bench/run.py overhead streams
 
@@ -28,10 +28,11 @@ SCENARIOS = {
     "streams": streams.run,
     "instances": instances.run,
 }
-# (title, result file) in the order of RESULTS.md; routing-*-selected come from
-# routing.py --targets ... --repeat N, run by hand.
+# (title, result file) in the order of RESULTS.md; floor (floor.py) and
+# routing-*-selected (routing.py --targets ... --repeat N) are run by hand.
 SECTIONS = [
     ("(a) Overhead with an instant backend", "overhead"),
+    ("(a) The floor: gunicorn + gevent + Flask without nvllm", "floor"),
     ("(b) Routing quality, every policy of every router", "routing"),
     ("(b) Routing quality, the leading policies over 3 runs each: mixed", "routing-mixed-selected"),
     ("(b) Routing quality, the leading policies over 3 runs each: multi-turn", "routing-multiturn-selected"),
@@ -51,6 +52,8 @@ def collect() -> None:
         data = json.loads(js.read_text()) if js.exists() else {}
         command = data.get("command") or f"bench/.venv/bin/python bench/run.py {name.split('-')[0]}"
         when = data.get("machine", {}).get("date", "")
+        if data.get("machine", {}).get("nvllm"):
+            when += f", nvllm {data['machine']['nvllm']}"
         quick = " (a quick smoke run: too short to judge by)" if data.get("quick") else ""
         parts.append(f"## {title}\n\nCommand: `{command}`{quick}  \nRun: {when}\n\n" + md.read_text())
     (RESULTS / "RESULTS.md").write_text("\n".join(parts))
