@@ -679,13 +679,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def results_dir(quick: bool = False) -> Path:
+    """bench/results, or bench/results/quick for smoke runs (never committed),
+    so that a smoke run leaves the full run's figures alone."""
+    return RESULTS / "quick" if quick else RESULTS
+
+
 def write_results(scenario: str, payload: dict[str, Any], table: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{scenario}.json"
+    directory = results_dir(bool(payload.get("quick")))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{scenario}.json"
     command = " ".join(["bench/.venv/bin/python", "bench/" + Path(sys.argv[0]).name, *sys.argv[1:]])
     path.write_text(json.dumps({"scenario": scenario, "machine": machine(), "command": command, **payload}, indent=1,
                                default=_json))
-    (RESULTS / f"{scenario}.md").write_text(table + "\n")
+    (directory / f"{scenario}.md").write_text(table + "\n")
     print(table, flush=True)
     return path
 

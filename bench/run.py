@@ -20,7 +20,7 @@ import instances
 import overhead
 import routing
 import streams
-from common import RESULTS, log, machine
+from common import log, machine, results_dir
 
 SCENARIOS = {
     "overhead": overhead.run,
@@ -41,12 +41,13 @@ SECTIONS = [
 ]
 
 
-def collect() -> None:
+def collect(quick: bool = False) -> None:
+    directory = results_dir(quick)
     info = machine()
     parts = [f"# Benchmark results\n\nCollected {info['date']}; {info['cpus']} CPUs, Python {info['python']}, "
              f"Linux {info['kernel']}. Each table stands under the command that produced it.\n"]
     for title, name in SECTIONS:
-        md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
+        md, js = directory / f"{name}.md", directory / f"{name}.json"
         if not md.exists():
             continue
         data = json.loads(js.read_text()) if js.exists() else {}
@@ -56,8 +57,8 @@ def collect() -> None:
             when += f", nvllm {data['machine']['nvllm']}"
         quick = " (a quick smoke run: too short to judge by)" if data.get("quick") else ""
         parts.append(f"## {title}\n\nCommand: `{command}`{quick}  \nRun: {when}\n\n" + md.read_text())
-    (RESULTS / "RESULTS.md").write_text("\n".join(parts))
-    log(f"tables collected in {RESULTS / 'RESULTS.md'}")
+    (directory / "RESULTS.md").write_text("\n".join(parts))
+    log(f"tables collected in {directory / 'RESULTS.md'}")
 
 
 def main() -> None:
@@ -72,7 +73,7 @@ def main() -> None:
     started = time.monotonic()
     for name in args.scenarios or list(SCENARIOS):
         asyncio.run(SCENARIOS[name](quick=args.quick, seed=args.seed))
-    collect()
+    collect(args.quick)
     log(f"done in {time.monotonic() - started:.0f} s")
 
 
