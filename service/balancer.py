@@ -4,8 +4,9 @@ The default policy, `load`, estimates for each candidate node n when this
 request would get its first token and when its last, and takes the cheapest
 
     cost(n) = (1 + TTFT_WEIGHT) * ttft(n) + t(n) * out
-    ttft(n) = backlog(n) + t(n) * PREFILL_STEPS_PER_TOKEN * uncached(n)
-              + t(n) * max(0, load(n) + 1 - slots(n)) * mean_out / slots(n)
+    ttft(n) = max(backlog(n) + t(n) * PREFILL_STEPS_PER_TOKEN * uncached(n)
+                  + t(n) * max(0, load(n) + 1 - slots(n)) * mean_out / slots(n),
+                  waited(n))
 
 times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
 
@@ -18,6 +19,8 @@ times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
 - backlog(n): seconds of prompt processing nvllm sent n that n has not worked
   through yet: a long prompt stalls the batch it joins, so the next request is
   better placed elsewhere.
+- waited(n): how long the oldest of our streams to n still without its first
+  token has waited: what the node visibly does beats any model of it.
 - load(n): requests in flight to n from every nvllm instance, plus what n's
   last report showed beyond them (traffic that bypassed nvllm): the last report
   plus the requests sent since, so a stale report draws no herd. slots(n): how
@@ -198,7 +201,8 @@ class LoadPolicy:
             uncached = max(0.0, prompt - (cached if s.node_id == affine else 0.0))
             prefill = t * PREFILL_STEPS_PER_TOKEN * uncached
             queued = max(0, s.load + 1 - s.slots) * self.mean_out / s.slots
-            ttft = s.prefill_backlog(now) + prefill + t * queued
+            # What nvllm's own waiting streams show beats any model of the node.
+            ttft = max(s.prefill_backlog(now) + prefill + t * queued, s.longest_start_wait(now))
             kv_penalty = 1.0 + 10.0 * max(0.0, (s.kv_usage or 0.0) - 0.9)
             cost = (ttft * (1 + TTFT_WEIGHT) + t * request.out_tokens) * kv_penalty
             found[s.node_id] = Estimate(ttft=ttft, end=ttft + t * request.out_tokens, prefill=prefill, cost=cost)

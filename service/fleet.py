@@ -89,6 +89,9 @@ class NodeState:
     saturated_at: int = 0
     prefill_debt: float = 0.0
     prefill_debt_at: float = 0.0
+    # Send times of this instance's streams to the node still waiting for their
+    # first token: how long they have waited is a floor for the next one's wait.
+    starting: dict[int, float] = field(default_factory=dict)
     most_running: int = 0
     kv_usage: float | None = None
     token_time: float | None = None  # EWMA seconds per streamed token
@@ -135,6 +138,10 @@ class NodeState:
         if self.saturated_at:
             return self.saturated_at
         return max(DEFAULT_SLOTS, self.most_running)
+
+    def longest_start_wait(self, now: float) -> float:
+        """Seconds the oldest stream still waiting for its first token has waited."""
+        return now - min(self.starting.values()) if self.starting else 0.0
 
     def prefill_backlog(self, now: float) -> float:
         """Seconds of prompt processing this instance has sent the node that it

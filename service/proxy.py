@@ -3,6 +3,7 @@ stream the answer through, and keep the fleet's counts true whatever happens."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -131,6 +132,7 @@ class Proxy:
         self.policy = policy
         self.config = config
         self.http = http or urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
+        self._tickets = itertools.count()
         self._on_done = on_done
 
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
@@ -173,10 +175,14 @@ class Proxy:
             tried.add(state.node_id)
             self.fleet.acquire(state)
             started = time.perf_counter()
+            ticket = next(self._tickets)
+            if stream:
+                state.starting[ticket] = time.monotonic()
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
+                state.starting.pop(ticket, None)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
@@ -194,6 +200,7 @@ class Proxy:
             ):
                 response.drain_conn()
                 response.release_conn()
+                state.starting.pop(ticket, None)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 self._report(state, response.status, f"retried:{response.status}", started)
@@ -204,7 +211,7 @@ class Proxy:
             return Forwarded(
                 status=response.status,
                 headers=self._response_headers(response),
-                body=self._relay(state, response, stream, started, first),
+                body=self._relay(state, response, stream, started, first, ticket),
                 node_id=state.node_id,
                 reason=decision.reason,
                 attempts=attempt,
@@ -244,7 +251,7 @@ class Proxy:
             raise
 
     def _relay(
-        self, state: NodeState, response, stream: bool, started: float, first: bytes = b""
+        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
@@ -264,6 +271,7 @@ class Proxy:
                     seen = chunk.count(b"data:")
                     if events < 2 <= events + seen:
                         mark_at, mark_events = last_at, events + seen
+                        state.starting.pop(ticket, None)  # the first token is here
                     events += seen
                 yield chunk
                 chunk = response.read1(65536)
@@ -279,6 +287,7 @@ class Proxy:
             self.fleet.record_failure(state, type(exc).__name__)
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
         finally:
+            state.starting.pop(ticket, None)
             if complete:
                 response.release_conn()
             else:

@@ -422,3 +422,12 @@ def test_a_node_expires_between_refreshes(node_store, fleet, clock):
     assert [s.node_id for s in fleet.routable()] == ["a"]
     clock.advance(11)
     assert fleet.routable() == []
+
+
+def test_a_stream_still_waiting_to_start_is_a_floor_on_the_next_wait(clock):
+    policy = LoadPolicy(clock=clock)
+    stuck, free = state("stuck", token_time=0.01), state("free", token_time=0.02)
+    stuck.starting[1] = clock() - 0.8  # sent 0.8 s ago, no first token yet
+    found = policy.estimates([stuck, free], RouteRequest(out_tokens=10))
+    assert found["stuck"].ttft == pytest.approx(0.8)
+    assert policy.choose([stuck, free], RouteRequest(out_tokens=10)).state.node_id == "free"
