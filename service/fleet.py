@@ -96,7 +96,6 @@ class NodeState:
     kv_usage: float | None = None
     token_time: float | None = None  # EWMA seconds per streamed token
     breaker: Breaker = field(default_factory=Breaker)
-    served: int = 0
 
     @property
     def node_id(self) -> str:
@@ -241,7 +240,6 @@ class Fleet:
             state.breaker.trial_running = False
 
     def record_success(self, state: NodeState) -> None:
-        state.served += 1
         if state.breaker.success():
             log.info("node %s recovered: back in rotation", state.node_id)
 

@@ -246,8 +246,7 @@ class Proxy:
         try:
             return response.read1(65536)
         except BaseException:
-            response.close()
-            response.release_conn()
+            _discard(response)
             raise
 
     def _relay(
@@ -291,8 +290,7 @@ class Proxy:
             if complete:
                 response.release_conn()
             else:
-                response.close()
-                response.release_conn()
+                _discard(response)
             self.fleet.release(state)
             if events - mark_events >= 3:
                 state.add_token_time((last_at - mark_at) / (events - mark_events))
@@ -327,3 +325,10 @@ class Proxy:
     @staticmethod
     def _response_headers(response) -> list[tuple[str, str]]:
         return [(k, v) for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE]
+
+
+def _discard(response) -> None:
+    """Close a half-read answer: its connection cannot be reused, and closing
+    it is what tells the node to stop generating."""
+    response.close()
+    response.release_conn()
