@@ -193,8 +193,8 @@ class Stack(contextlib.AsyncExitStack):
         super().__init__()
         self.logdir = logdir
 
-    def start(self, name: str, cmd: Sequence[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, cmd, self.logdir, env)
+    def start(self, name: str, cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Proc:
+        proc = Proc(name, cmd, self.logdir, env, cwd)
         self.callback(proc.stop)
         return proc
 
@@ -323,10 +323,11 @@ NVLLM_PASSWORD = "bench-" + secrets.token_hex(8)
 
 async def start_nvllm(stack: Stack, fleet: Fleet, policy: str = "load", *, instances: int = 1,
                       redis_url: str | None = None, workers: int = 1, name: str = "nvllm",
-                      extra_env: dict[str, str] | None = None) -> Target:
+                      extra_env: dict[str, str] | None = None, source: Path = ROOT) -> Target:
     """`python main.py` (gunicorn + gevent), with its embedded store unless
     redis_url is given; registers the fleet's nodes and waits until each
-    instance can route."""
+    instance can route. `source` is the checkout to run (another one, a git
+    worktree of a base commit say, for an A/B comparison in one run)."""
     if instances > 1 and not redis_url:
         raise ValueError("several instances need a shared REDIS_URL")
     urls, pids = [], []
@@ -343,8 +344,8 @@ async def start_nvllm(stack: Stack, fleet: Fleet, policy: str = "load", *, insta
         }
         # Empty means unset: the embedded store, whatever this shell exports.
         env["REDIS_URL"] = redis_url or ""
-        proc = stack.start(f"{name}{i}", [str(PROJECT_PYTHON), "main.py", "--host", "127.0.0.1", "--port",
-                                          str(port)], env=env)
+        command = [str(PROJECT_PYTHON), "main.py", "--host", "127.0.0.1", "--port", str(port)]
+        proc = stack.start(f"{name}{i}".replace("/", "_"), command, env=env, cwd=source)
         url = f"http://127.0.0.1:{port}"
         await wait_until(lambda u=url: http_ok(u + "/readyz"), f"{name}{i} /readyz", proc)
         urls.append(url)
@@ -371,7 +372,7 @@ async def start_nvllm(stack: Stack, fleet: Fleet, policy: str = "load", *, insta
 
         await wait_until(sees_all, f"{url} to see the fleet")
     env_text = f"NVLLM_ROUTING={policy}" + (" REDIS_URL=redis://..." if redis_url else "")
-    return Target("nvllm" if instances == 1 else f"nvllm x{instances}", policy, urls, headers, pids,
+    return Target(name if instances == 1 else f"{name} x{instances}", policy, urls, headers, pids,
                   f"{env_text} python main.py --port P")
 
 
@@ -434,6 +435,8 @@ async def probe_chat(target: Target) -> bool:
 async def start_target(stack: Stack, fleet: Fleet, name: str, policy: str) -> Target:
     if name == "nvllm":
         return await start_nvllm(stack, fleet, policy)
+    if name.startswith("nvllm@"):  # nvllm@DIR: the checkout in DIR, e.g. a worktree of the base commit
+        return await start_nvllm(stack, fleet, policy, name=name, source=Path(name[len("nvllm@"):]).resolve())
     if name == "vllm-router":
         return await start_vllm_router(stack, fleet, policy)
     if name == "sglang-router":

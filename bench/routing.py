@@ -131,10 +131,12 @@ def conversations(seed: int, count: int, window: float) -> list[dict[str, Any]]:
 
 
 async def run_conversations(target: Target, convs: Sequence[dict[str, Any]], *, drain: float
-                            ) -> tuple[list[Outcome], float]:
+                            ) -> tuple[list[Outcome], float, list[dict[str, Any]]]:
     """Each conversation starts at its time; each turn waits for the previous
-    answer (and a think time), then sends the whole history."""
+    answer (and a think time), then sends the whole history. Returns the
+    outcomes, the time taken and, per outcome, which turn it was."""
     outcomes: list[Outcome] = []
+    turns: list[dict[str, Any]] = []
     async with session_for(target, timeout=TIMEOUT) as session:
         start = time.perf_counter()
 
@@ -143,16 +145,21 @@ async def run_conversations(target: Target, convs: Sequence[dict[str, Any]], *, 
             messages = [{"role": "system", "content": conv["system"]}]
             url = target.urls[k % len(target.urls)]
             key = f"conversation-{k}"
-            for question, max_tokens, think in conv["turns"]:
+            for turn, (question, max_tokens, think) in enumerate(conv["turns"]):
                 messages.append({"role": "user", "content": question})
+                sent_at = time.perf_counter()
+                note = {"conversation": k, "turn": turn, "at": round(sent_at - start, 3),
+                        "prompt_chars": sum(len(m["content"]) for m in messages), "max_tokens": max_tokens}
                 body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True, "user": key}
                 try:
-                    outcome = await send(session, url, body, t0=time.perf_counter(), collect=True,
+                    outcome = await send(session, url, body, t0=sent_at, collect=True,
                                          headers=session_headers(key))
                 except asyncio.CancelledError:
                     outcomes.append(Outcome(False, 0, "unfinished at drain"))
+                    turns.append(note)
                     raise
                 outcomes.append(outcome)
+                turns.append(note)
                 if not outcome.ok:
                     return  # a conversation whose turn failed ends there
                 messages = [*messages, {"role": "assistant", "content": outcome.text}]
@@ -167,7 +174,7 @@ async def run_conversations(target: Target, convs: Sequence[dict[str, Any]], *, 
         span = time.perf_counter() - start
     if pending:
         log(f"  {len(pending)} conversations cut at the drain limit")
-    return outcomes, span
+    return outcomes, span, turns
 
 
 def targets(quick: bool) -> list[tuple[str, str]]:
@@ -187,7 +194,8 @@ async def measure_once(name: str, policy: str, workload: str, logdir, seed: int,
     """One run of one target on a fresh fleet: outcomes and counters."""
     rate = LOAD * capacity()["fleet"]
     async with Stack(logdir) as stack:
-        fleet = await Fleet(stack, FLEET, name=f"fake-{workload}-{name}-{policy}-{seed}").ready()
+        tag = name.replace("/", "_")  # nvllm@DIR names a directory
+        fleet = await Fleet(stack, FLEET, name=f"fake-{workload}-{tag}-{policy}-{seed}").ready()
         target = await start_target(stack, fleet, name, policy)
         before = await fleet.stats()
         hits0, queries0 = await fleet.prefix_counters()
@@ -198,11 +206,11 @@ async def measure_once(name: str, policy: str, workload: str, logdir, seed: int,
                 extras = [{"at": round(p.at, 3), "prompt_words": p.body["messages"][0]["content"].count(" ") + 1,
                            "max_tokens": p.body["max_tokens"]} for p in plan]
             else:
-                outcomes, span = await run_conversations(target, conversations(seed, n_convs, window), drain=drain)
-                extras = None
+                outcomes, span, extras = await run_conversations(target, conversations(seed, n_convs, window),
+                                                                 drain=drain)
         hits1, queries1 = await fleet.prefix_counters()
         after = await fleet.stats()
-    save_raw(f"routing-{workload}-{name}-{policy}" + (f"-seed{seed}" if seed != 1 else ""), outcomes, extras)
+    save_raw(f"routing-{workload}-{tag}-{policy}" + (f"-seed{seed}" if seed != 1 else ""), outcomes, extras)
     return {"target": target, "outcomes": outcomes, "span": span, "hits": hits1 - hits0,
             "queries": queries1 - queries0, "cpu": meter.cpu, "rss_peak": meter.rss_peak,
             "served": [a["completed"] - b["completed"] for a, b in zip(after, before, strict=True)]}

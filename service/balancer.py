@@ -5,7 +5,7 @@ request would get its first token and when its last, and takes the cheapest
 
     cost(n) = (1 + TTFT_WEIGHT) * ttft(n) + t(n) * out
     ttft(n) = max(backlog(n) + t(n) * PREFILL_STEPS_PER_TOKEN * uncached(n)
-                  + t(n) * max(0, load(n) + 1 - slots(n)) * mean_out / slots(n),
+                  + slot_wait(n),
                   waited(n))
 
 times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
@@ -19,6 +19,12 @@ times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
 - backlog(n): seconds of prompt processing nvllm sent n that n has not worked
   through yet: a long prompt stalls the batch it joins, so the next request is
   better placed elsewhere.
+- slot_wait(n): 0 while load(n) < slots(n); else when the k-th batch slot
+  frees, k = load(n) + 1 - slots(n): each request of ours holds its slot for
+  its max_tokens less the tokens already streamed, times t(n); the u requests
+  we know nothing of free theirs after mean_out * i / (u + 1) tokens,
+  i = 1..u; a queued one, once it has a slot, holds it for mean_out
+  (NodeState.slot_wait).
 - waited(n): how long the oldest of our streams to n still without its first
   token has waited: what the node visibly does beats any model of it.
 - load(n): requests in flight to n from every nvllm instance, plus what n's
@@ -200,9 +206,9 @@ class LoadPolicy:
             t = s.token_time or default
             uncached = max(0.0, prompt - (cached if s.node_id == affine else 0.0))
             prefill = t * PREFILL_STEPS_PER_TOKEN * uncached
-            queued = max(0, s.load + 1 - s.slots) * self.mean_out / s.slots
+            queued = s.slot_wait(now, t, self.mean_out)
             # What nvllm's own waiting streams show beats any model of the node.
-            ttft = max(s.prefill_backlog(now) + prefill + t * queued, s.longest_start_wait(now))
+            ttft = max(s.prefill_backlog(now) + prefill + queued, s.longest_start_wait(now))
             kv_penalty = 1.0 + 10.0 * max(0.0, (s.kv_usage or 0.0) - 0.9)
             cost = (ttft * (1 + TTFT_WEIGHT) + t * request.out_tokens) * kv_penalty
             found[s.node_id] = Estimate(ttft=ttft, end=ttft + t * request.out_tokens, prefill=prefill, cost=cost)

@@ -9,6 +9,7 @@ failures seen while forwarding.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -75,6 +76,23 @@ class Breaker:
 
 
 @dataclass
+class Sent:
+    """One of this instance's requests in flight to a node."""
+
+    sent_at: float
+    out_tokens: int  # max_tokens: it holds its batch slot at most this long
+    first_at: float | None = None  # when its first token came (a whole answer: when sent)
+    tokens: int = 0  # stream events relayed so far, about one per token
+
+    def tokens_left(self, now: float, token_time: float) -> float:
+        done = self.tokens if self.tokens else (now - self.first_at) / token_time if self.first_at else 0.0
+        return max(0.0, self.out_tokens - done)
+
+
+MAX_QUEUE_STEPS = 256  # slot releases simulated at most, per estimate
+
+
+@dataclass
 class NodeState:
     """What this instance knows of one node, beyond its Redis record."""
 
@@ -92,6 +110,8 @@ class NodeState:
     # Send times of this instance's streams to the node still waiting for their
     # first token: how long they have waited is a floor for the next one's wait.
     starting: dict[int, float] = field(default_factory=dict)
+    # This instance's requests in flight to the node, by ticket.
+    sent: dict[int, Sent] = field(default_factory=dict)
     most_running: int = 0
     kv_usage: float | None = None
     token_time: float | None = None  # EWMA seconds per streamed token
@@ -141,6 +161,25 @@ class NodeState:
     def longest_start_wait(self, now: float) -> float:
         """Seconds the oldest stream still waiting for its first token has waited."""
         return now - min(self.starting.values()) if self.starting else 0.0
+
+    def slot_wait(self, now: float, token_time: float, mean_out: float) -> float:
+        """Seconds until a batch slot frees for one more request; 0 while one
+        is free. A request holds its slot until its last token: ours for their
+        max_tokens less what was streamed (an upper bound: an answer may stop
+        early); the others (other instances', other clients') are somewhere in
+        an average answer, spread evenly. Requests queued ahead take the first slots to free,
+        then hold them for an average answer each."""
+        started = [r.tokens_left(now, token_time) * token_time for r in self.sent.values() if r.first_at is not None]
+        slots = max(self.slots, len(started))  # more running than slots: the slot count is stale
+        ahead = self.load + 1 - slots
+        if ahead <= 0:
+            return 0.0
+        unknown = slots - len(started)  # spread evenly over an average answer
+        releases = started + [mean_out * token_time * (i + 1) / (unknown + 1) for i in range(unknown)]
+        heapq.heapify(releases)
+        for _ in range(min(ahead - 1, MAX_QUEUE_STEPS)):
+            heapq.heapreplace(releases, releases[0] + mean_out * token_time)
+        return releases[0]
 
     def prefill_backlog(self, now: float) -> float:
         """Seconds of prompt processing this instance has sent the node that it

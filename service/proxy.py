@@ -15,7 +15,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode
 from service.balancer import Decision, Policy, RouteRequest
-from service.fleet import Fleet, NodeState
+from service.fleet import Fleet, NodeState, Sent
 
 log = logging.getLogger("nvllm.proxy")
 
@@ -176,13 +176,15 @@ class Proxy:
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
+            sent_at = time.monotonic()
+            state.sent[ticket] = Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at)
             if stream:
-                state.starting[ticket] = time.monotonic()
+                state.starting[ticket] = sent_at
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
-                state.starting.pop(ticket, None)
+                self._forget(state, ticket)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
@@ -200,7 +202,7 @@ class Proxy:
             ):
                 response.drain_conn()
                 response.release_conn()
-                state.starting.pop(ticket, None)
+                self._forget(state, ticket)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 self._report(state, response.status, f"retried:{response.status}", started)
@@ -257,6 +259,7 @@ class Proxy:
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
+        sent = state.sent.get(ticket)
         events = mark_events = 0
         mark_at = last_at = 0.0
         outcome = "ok"
@@ -271,7 +274,11 @@ class Proxy:
                     if events < 2 <= events + seen:
                         mark_at, mark_events = last_at, events + seen
                         state.starting.pop(ticket, None)  # the first token is here
+                        if sent:
+                            sent.first_at = time.monotonic()
                     events += seen
+                    if sent:
+                        sent.tokens = events - 1  # the role event carries no token
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -286,7 +293,7 @@ class Proxy:
             self.fleet.record_failure(state, type(exc).__name__)
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
         finally:
-            state.starting.pop(ticket, None)
+            self._forget(state, ticket)
             if complete:
                 response.release_conn()
             else:
@@ -295,6 +302,11 @@ class Proxy:
             if events - mark_events >= 3:
                 state.add_token_time((last_at - mark_at) / (events - mark_events))
             self._report(state, response.status, outcome, started)
+
+    @staticmethod
+    def _forget(state: NodeState, ticket: int) -> None:
+        state.starting.pop(ticket, None)
+        state.sent.pop(ticket, None)
 
     def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
         if self._on_done:

@@ -29,7 +29,7 @@ from service.balancer import (
     prompt_text,
     route_request,
 )
-from service.fleet import Fleet, NodeState
+from service.fleet import Fleet, NodeState, Sent
 from service.proxy import Proxy, UpstreamConfig
 from tests.helpers import START
 
@@ -75,12 +75,63 @@ def test_an_idle_node_costs_its_generation_time():
 
 
 def test_requests_beyond_the_slots_wait_their_turn():
-    # 8 slots (the default) all taken: one more waits for a slot to free,
-    # mean_out / slots = 256 / 8 = 32 tokens on average.
+    # 8 slots (the default) all taken by requests nvllm knows nothing of: they
+    # are somewhere in an average answer (256 tokens until measured), the
+    # first to end after 256 / 9 tokens.
     found = estimate([state("a", token_time=0.01, inflight=8), state("b", token_time=0.01, inflight=7)])
-    assert found["a"].ttft == pytest.approx(0.32)
+    assert found["a"].ttft == pytest.approx(2.56 / 9)
     assert found["b"].ttft == 0
-    assert found["a"].cost == pytest.approx(0.32 * (1 + TTFT_WEIGHT) + 1.0)
+    assert found["a"].cost == pytest.approx(2.56 / 9 * (1 + TTFT_WEIGHT) + 1.0)
+
+
+def streaming(node: NodeState, now: float, *answers: tuple[int, int]) -> None:
+    """Our streams on `node`: (max_tokens, tokens streamed so far) each."""
+    for ticket, (out, done) in enumerate(answers):
+        node.sent[ticket] = Sent(now - 1.0, out, first_at=now - 0.5, tokens=done)
+        node.local_inflight += 1
+
+
+def test_a_full_node_frees_a_slot_when_its_shortest_answer_ends(clock):
+    node = state("a", token_time=0.01)
+    streaming(node, clock(), *[(200, 10)] * 7, (50, 40))  # 8 slots taken; one answer has 10 tokens left
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.10)
+    node.sent[7] = Sent(clock() - 1.0, 200, first_at=clock() - 0.5, tokens=10)  # now all have 190 left
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(1.90)
+
+
+def test_queued_requests_ahead_take_the_first_slots_to_free(clock):
+    node = state("a", token_time=0.01)
+    streaming(node, clock(), *[(100, 100 - 10 * (i + 1)) for i in range(8)])  # free after 10, 20, ... 80 tokens
+    node.local_inflight += 2  # two requests queued ahead of the next
+    # They take the slots freed after 10 and 20 tokens; the next gets the third.
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.30)
+    node.local_inflight += 8  # ten queued: eight take the eight slots, the next two wait for
+    # the first two of them to finish their average answer (from 0.1 and 0.2 s), the next one
+    # for the third (from 0.3 s).
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.30 + 1.0)
+
+
+def test_a_whole_answer_is_assumed_to_run_since_it_was_sent(clock):
+    node = state("a", token_time=0.01)
+    for ticket in range(8):
+        node.sent[ticket] = Sent(clock() - 0.3, 100, first_at=clock() - 0.3)  # 30 of 100 tokens by now
+        node.local_inflight += 1
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.70)
+
+
+def test_more_running_than_slots_means_the_slot_count_is_stale(clock):
+    node = state("a", token_time=0.01)
+    streaming(node, clock(), *[(100, 100 - 10 * (i + 1)) for i in range(10)])  # 10 running, 8 slots assumed
+    # The node has at least 10 slots: the next waits for the first to free, not the third.
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.10)
+
+
+def test_the_load_policy_avoids_a_node_whose_slots_free_late(clock):
+    policy = LoadPolicy(clock=clock)
+    late, soon = state("late", token_time=0.01), state("soon", token_time=0.01)
+    streaming(late, clock(), *[(256, 6)] * 8)
+    streaming(soon, clock(), *[(256, 6)] * 7, (256, 250))
+    assert policy.choose([late, soon], RouteRequest(out_tokens=50)).state.node_id == "soon"
 
 
 def test_slots_are_learned_from_a_report_with_a_queue():
