@@ -5,7 +5,7 @@ request would get its first token and when its last, and takes the cheapest
 
     cost(n) = (1 + TTFT_WEIGHT) * ttft(n) + t(n) * out
     ttft(n) = max(backlog(n) + t(n) * PREFILL_STEPS_PER_TOKEN * uncached(n)
-                  + slot_wait(n),
+                  + slot_wait(n) + late(n),
                   waited(n))
 
 times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
@@ -25,6 +25,10 @@ times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
   we know nothing of free theirs after mean_out * i / (u + 1) tokens,
   i = 1..u; a queued one, once it has a slot, holds it for mean_out
   (NodeState.slot_wait).
+- late(n): how much later than estimated the node's first tokens came lately
+  (a moving average of the error, halved every 3 s without news): whatever
+  the model misses about a node (its prefill speed, others' traffic) shows
+  there and corrects it.
 - waited(n): how long the oldest of our streams to n still without its first
   token has waited: what the node visibly does beats any model of it.
 - load(n): requests in flight to n from every nvllm instance, plus what n's
@@ -74,6 +78,7 @@ class RouteRequest:
     prompt_chars: int = 0
     out_tokens: int = DEFAULT_OUT_TOKENS
     prefill: float = 0.0  # set by LoadPolicy.choose for the chosen node
+    ttft: float | None = None  # the same: when its first token is expected
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,8 @@ class LoadPolicy:
             prefill = t * PREFILL_STEPS_PER_TOKEN * uncached
             queued = s.slot_wait(now, t, self.mean_out)
             # What nvllm's own waiting streams show beats any model of the node.
-            ttft = max(s.prefill_backlog(now) + prefill + queued, s.longest_start_wait(now))
+            expected = max(0.0, s.prefill_backlog(now) + prefill + queued + s.first_token_late(now))
+            ttft = max(expected, s.longest_start_wait(now))
             kv_penalty = 1.0 + 10.0 * max(0.0, (s.kv_usage or 0.0) - 0.9)
             cost = (ttft * (1 + TTFT_WEIGHT) + t * request.out_tokens) * kv_penalty
             found[s.node_id] = Estimate(ttft=ttft, end=ttft + t * request.out_tokens, prefill=prefill, cost=cost)
@@ -232,6 +238,7 @@ class LoadPolicy:
             why = ""
         estimate = estimates[chosen.node_id]
         request.prefill = estimate.prefill
+        request.ttft = estimate.ttft
         return Decision(chosen, f"load {why}ttft={estimate.ttft:.3f}s end={estimate.end:.2f}s")
 
     def routed(self, state: NodeState, request: RouteRequest) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger("nvllm.fleet")
 
 DEFAULT_SLOTS = 8  # assumed batch size of a node never seen saturated
 EWMA_WEIGHT = 0.2  # weight of a new per-token time sample
+TTFT_ERROR_HALF_LIFE = 3.0  # seconds: an old surprise fades, so a node it penalized gets traffic again
 LEASE_SECONDS = 10.0  # how long another instance trusts our published counts
 
 
@@ -83,6 +84,7 @@ class Sent:
     out_tokens: int  # max_tokens: it holds its batch slot at most this long
     first_at: float | None = None  # when its first token came (a whole answer: when sent)
     tokens: int = 0  # stream events relayed so far, about one per token
+    expected_ttft: float | None = None  # what the load policy expected when it chose the node
 
     def tokens_left(self, now: float, token_time: float) -> float:
         done = self.tokens if self.tokens else (now - self.first_at) / token_time if self.first_at else 0.0
@@ -115,6 +117,10 @@ class NodeState:
     most_running: int = 0
     kv_usage: float | None = None
     token_time: float | None = None  # EWMA seconds per streamed token
+    # How much later than expected first tokens came lately (EWMA, seconds;
+    # negative: sooner), and when last measured.
+    ttft_error: float = 0.0
+    ttft_error_at: float = 0.0
     breaker: Breaker = field(default_factory=Breaker)
 
     @property
@@ -190,6 +196,16 @@ class NodeState:
     def add_prefill(self, seconds: float, now: float) -> None:
         self.prefill_debt = self.prefill_backlog(now) + seconds
         self.prefill_debt_at = now
+
+    def first_token_late(self, now: float) -> float:
+        """The recent error of the first-token estimate, fading with its age."""
+        if not self.ttft_error:
+            return 0.0
+        return self.ttft_error * 0.5 ** ((now - self.ttft_error_at) / TTFT_ERROR_HALF_LIFE)
+
+    def add_first_token(self, expected: float, seen: float, now: float) -> None:
+        self.ttft_error = self.first_token_late(now) + EWMA_WEIGHT * (seen - expected - self.first_token_late(now))
+        self.ttft_error_at = now
 
     def add_token_time(self, seconds: float) -> None:
         if self.token_time is None:

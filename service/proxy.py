@@ -177,7 +177,8 @@ class Proxy:
             started = time.perf_counter()
             ticket = next(self._tickets)
             sent_at = time.monotonic()
-            state.sent[ticket] = Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at)
+            state.sent[ticket] = Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
+                                      expected_ttft=request.ttft)
             if stream:
                 state.starting[ticket] = sent_at
             try:
@@ -276,6 +277,8 @@ class Proxy:
                         state.starting.pop(ticket, None)  # the first token is here
                         if sent:
                             sent.first_at = time.monotonic()
+                            if sent.expected_ttft is not None:
+                                state.add_first_token(sent.expected_ttft, sent.first_at - sent.sent_at, sent.first_at)
                     events += seen
                     if sent:
                         sent.tokens = events - 1  # the role event carries no token

@@ -99,6 +99,7 @@ def test_two_streams_at_once_are_both_relayed(nvllm, slow_node):
         held.release_conn()
     assert nvllm.inflight("slow") == 0
     assert nvllm.fleet.get("slow").sent == {} and nvllm.fleet.get("slow").starting == {}
+    assert nvllm.fleet.get("slow").ttft_error_at > 0  # their first tokens were held against the estimate
     assert slow_node.stats()["completed"] == 2
 
 

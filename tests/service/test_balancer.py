@@ -482,3 +482,27 @@ def test_a_stream_still_waiting_to_start_is_a_floor_on_the_next_wait(clock):
     found = policy.estimates([stuck, free], RouteRequest(out_tokens=10))
     assert found["stuck"].ttft == pytest.approx(0.8)
     assert policy.choose([stuck, free], RouteRequest(out_tokens=10)).state.node_id == "free"
+
+
+def test_first_tokens_later_than_expected_raise_the_estimate_and_fade(clock):
+    policy = LoadPolicy(clock=clock)
+    late, fine = state("late", token_time=0.01), state("fine", token_time=0.01)
+    for _ in range(10):
+        late.add_first_token(expected=0.05, seen=0.45, now=clock())  # 0.4 s later than expected, again and again
+    assert late.first_token_late(clock()) == pytest.approx(0.4 * (1 - 0.8**10))
+    request = RouteRequest(out_tokens=10)
+    assert policy.estimates([late, fine], request)["late"].ttft == pytest.approx(0.4 * (1 - 0.8**10))
+    assert policy.choose([late, fine], request).state.node_id == "fine"
+    clock.advance(3.0)  # one half-life without news
+    assert late.first_token_late(clock()) == pytest.approx(0.2 * (1 - 0.8**10))
+    clock.advance(60.0)
+    assert late.first_token_late(clock()) < 1e-6
+
+
+def test_first_tokens_sooner_than_expected_lower_the_estimate_but_not_below_zero(clock):
+    node = state("a", token_time=0.01)
+    node.add_first_token(expected=0.5, seen=0.1, now=clock())
+    assert node.first_token_late(clock()) == pytest.approx(-0.08)
+    request = RouteRequest(prompt_chars=4000, out_tokens=10)  # 1000 tokens: 0.1 s of prefill expected
+    assert LoadPolicy(clock=clock).estimates([node], request)["a"].ttft == pytest.approx(0.02)
+    assert LoadPolicy(clock=clock).estimates([node], RouteRequest(out_tokens=10))["a"].ttft == 0.0
