@@ -39,7 +39,7 @@ times a KV penalty, 1 + 10 * max(0, kv_usage(n) - 0.9).
 Prefix affinity: prompts are cut into blocks whose hashes chain (as vLLM's
 prefix cache does); the node that last served the longest known chain gets the
 request if cost(affine) <= (1 + slack) * min cost. Near-ties (within 10%) are
-broken by rendezvous hashing of the prompt's first block, so instances that
+broken by rendezvous hashing of the prompt's deepest block, so instances that
 decide at once from the same view spread out instead of herding, and agree.
 """
 
@@ -50,7 +50,7 @@ import itertools
 import random
 import statistics
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,6 +67,7 @@ CHARS_PER_TOKEN = 4
 # current GPU: 0.005-0.01); it turns prompt length into seconds on each node.
 PREFILL_STEPS_PER_TOKEN = 0.01
 DEFAULT_TOKEN_TIME = 0.02  # seconds per token until some node was measured
+RESIDENT_SECONDS = 10.0  # a conversation quiet for longer no longer holds a place at its node
 TTFT_WEIGHT = 8.0  # how much more a second of waiting to start counts than one of generating
 MEAN_OUT_WEIGHT = 0.05
 
@@ -79,6 +80,8 @@ class RouteRequest:
     out_tokens: int = DEFAULT_OUT_TOKENS
     prefill: float = 0.0  # set by LoadPolicy.choose for the chosen node
     ttft: float | None = None  # the same: when its first token is expected
+    continues: bytes | None = None  # set by LoadPolicy.choose: the conversation tip it extends
+    shared: bool = False  # the same: its start is a prefix some node was sent before
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,61 @@ class PrefixIndex:
             self._owner.popitem(last=False)
 
 
+class Conversations:
+    """Conversations resident on each node, told apart by their prompts alone.
+
+    A request's deepest prefix block is its tip. Each turn of a conversation
+    resends the history, so a later prompt whose blocks hold a known tip
+    continues that conversation. A conversation that has continued once will
+    likely come back, and so will a prompt that starts like others (a shared
+    system prompt): either keeps a place at its node while it waits for its
+    user (or tool), for up to `linger` seconds. Prompts that share nothing
+    never count."""
+
+    def __init__(self, linger: float = RESIDENT_SECONDS, capacity: int = 100_000) -> None:
+        self._tips: OrderedDict[bytes, tuple[str, float, bool]] = OrderedDict()  # tip -> node, when, continued
+        self._resident: Counter[str] = Counter()
+        self._linger = linger
+        self._capacity = capacity
+
+    def continued(self, blocks: list[bytes]) -> bytes | None:
+        """The deepest known tip among the prompt's blocks, if any."""
+        for block in reversed(blocks):
+            if block in self._tips:
+                return block
+        return None
+
+    def resident(self, node_id: str, now: float) -> int:
+        self._expire(now)
+        return self._resident[node_id]
+
+    def record(self, node_id: str, blocks: list[bytes], continues: bytes | None, now: float,
+               shared: bool = False) -> None:
+        """A prompt routed to the node; `shared`: it starts like earlier ones."""
+        self._expire(now)
+        if continues is not None:
+            self._drop(continues)
+        if blocks:
+            likely_back = continues is not None or shared
+            self._drop(blocks[-1])
+            self._tips[blocks[-1]] = (node_id, now, likely_back)
+            self._resident[node_id] += likely_back
+        while len(self._tips) > self._capacity:
+            self._drop(next(iter(self._tips)))
+
+    def _drop(self, tip: bytes) -> None:
+        entry = self._tips.pop(tip, None)
+        if entry and entry[2]:
+            self._resident[entry[0]] -= 1
+
+    def _expire(self, now: float) -> None:
+        while self._tips:
+            tip, (_, when, _) = next(iter(self._tips.items()))
+            if now - when <= self._linger:
+                break
+            self._drop(tip)
+
+
 def _rendezvous(block: bytes, node_id: str) -> bytes:
     return hashlib.blake2b(block + node_id.encode(), digest_size=8).digest()
 
@@ -194,6 +252,7 @@ class LoadPolicy:
     def __init__(self, affinity_slack: float = 0.15, clock: Callable[[], float] = time.monotonic) -> None:
         self.affinity_slack = affinity_slack
         self.prefixes = PrefixIndex()
+        self.conversations = Conversations()
         self.mean_out = float(DEFAULT_OUT_TOKENS)
         self._clock = clock
 
@@ -206,12 +265,16 @@ class LoadPolicy:
         prompt = request.prompt_chars / CHARS_PER_TOKEN
         cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN
         now = self._clock()
+        new_conversation = request.continues is None
         found = {}
         for s in candidates:
             t = s.token_time or default
             uncached = max(0.0, prompt - (cached if s.node_id == affine else 0.0))
             prefill = t * PREFILL_STEPS_PER_TOKEN * uncached
-            queued = s.slot_wait(now, t, self.mean_out)
+            # A new prompt settles where its follow-ups will go: the
+            # conversations resident there, in flight or not, are its company.
+            load = max(s.load, self.conversations.resident(s.node_id, now)) if new_conversation else s.load
+            queued = s.slot_wait(now, t, self.mean_out, load)
             # What nvllm's own waiting streams show beats any model of the node.
             expected = max(0.0, s.prefill_backlog(now) + prefill + queued + s.first_token_late(now))
             ttft = max(expected, s.longest_start_wait(now))
@@ -223,6 +286,8 @@ class LoadPolicy:
     def choose(self, candidates: Sequence[NodeState], request: RouteRequest) -> Decision:
         by_id = {s.node_id: s for s in candidates}
         affine, depth = self.prefixes.longest_match(request.blocks, set(by_id))
+        request.continues = self.conversations.continued(request.blocks)
+        request.shared = depth > 0
         self.mean_out += MEAN_OUT_WEIGHT * (request.out_tokens - self.mean_out)
         estimates = self.estimates(candidates, request, affine, depth)
         best = min(e.cost for e in estimates.values())
@@ -231,8 +296,10 @@ class LoadPolicy:
         else:
             near = [s for s in candidates if estimates[s.node_id].cost <= best * NEAR_TIE]
             if len(near) > 1 and request.blocks:
-                first = request.blocks[0]
-                chosen = max(near, key=lambda s: _rendezvous(first, s.node_id))
+                # The deepest block, not the first: prompts that share a system
+                # prompt would all break the tie the same way, and pile up.
+                tip = request.blocks[-1]
+                chosen = max(near, key=lambda s: _rendezvous(tip, s.node_id))
             else:
                 chosen = random.choice(near)
             why = ""
@@ -244,6 +311,8 @@ class LoadPolicy:
     def routed(self, state: NodeState, request: RouteRequest) -> None:
         if request.blocks:
             self.prefixes.record(request.blocks, state.node_id)
+            self.conversations.record(state.node_id, request.blocks, request.continues, self._clock(),
+                                      request.shared)
         if request.prefill:
             state.add_prefill(request.prefill, self._clock())
 

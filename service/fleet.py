@@ -168,16 +168,17 @@ class NodeState:
         """Seconds the oldest stream still waiting for its first token has waited."""
         return now - min(self.starting.values()) if self.starting else 0.0
 
-    def slot_wait(self, now: float, token_time: float, mean_out: float) -> float:
+    def slot_wait(self, now: float, token_time: float, mean_out: float, load: int | None = None) -> float:
         """Seconds until a batch slot frees for one more request; 0 while one
         is free. A request holds its slot until its last token: ours for their
         max_tokens less what was streamed (an upper bound: an answer may stop
         early); the others (other instances', other clients') are somewhere in
         an average answer, spread evenly. Requests queued ahead take the first slots to free,
-        then hold them for an average answer each."""
+        then hold them for an average answer each. `load` replaces the
+        node's load (to count requests that are not in flight yet)."""
         started = [r.tokens_left(now, token_time) * token_time for r in self.sent.values() if r.first_at is not None]
         slots = max(self.slots, len(started))  # more running than slots: the slot count is stale
-        ahead = self.load + 1 - slots
+        ahead = (self.load if load is None else load) + 1 - slots
         if ahead <= 0:
             return 0.0
         unknown = slots - len(started)  # spread evenly over an average answer

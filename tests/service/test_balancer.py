@@ -18,6 +18,7 @@ from service.balancer import (
     MAX_BLOCKS,
     PREFILL_STEPS_PER_TOKEN,
     TTFT_WEIGHT,
+    Conversations,
     LeastInflightPolicy,
     LoadPolicy,
     PrefixIndex,
@@ -277,6 +278,16 @@ def test_near_ties_spread_different_prompts_over_the_tied_nodes():
     assert chosen == {"a", "b", "c"}
 
 
+def test_near_ties_spread_prompts_that_share_a_system_prompt():
+    candidates = [state("a"), state("b"), state("c")]
+    system = prompt("You are a helpful assistant. ", 4)
+    chosen = {
+        LoadPolicy().choose(candidates, route_request({"prompt": system + f"question {i} " * 30})).state.node_id
+        for i in range(60)
+    }
+    assert chosen == {"a", "b", "c"}
+
+
 def test_a_node_more_than_ten_percent_dearer_is_never_a_tie():
     for i in range(40):
         request = RouteRequest(blocks=prefix_blocks(f"{i} " * BLOCK_CHARS))
@@ -506,3 +517,80 @@ def test_first_tokens_sooner_than_expected_lower_the_estimate_but_not_below_zero
     request = RouteRequest(prompt_chars=4000, out_tokens=10)  # 1000 tokens: 0.1 s of prefill expected
     assert LoadPolicy(clock=clock).estimates([node], request)["a"].ttft == pytest.approx(0.02)
     assert LoadPolicy(clock=clock).estimates([node], RouteRequest(out_tokens=10))["a"].ttft == 0.0
+
+
+# --- conversations resident on a node ---
+
+
+def turns(*lengths: int) -> list[list[bytes]]:
+    """The prefix blocks of one conversation's turns, each resending the
+    history: a prompt of `lengths[k]` blocks at turn k."""
+    text = prompt("conversation ", max(lengths))
+    return [prefix_blocks(text[: BLOCK_CHARS * n]) for n in lengths]
+
+
+def test_a_conversation_is_resident_once_it_has_continued():
+    talk = Conversations(linger=10)
+    first, second, third = turns(2, 4, 6)
+    assert talk.continued(first) is None
+    talk.record("a", first, None, now=0)
+    assert talk.resident("a", 0) == 0  # a one-off prompt, as far as anyone knows
+    assert talk.continued(second) == first[-1]
+    talk.record("a", second, first[-1], now=1)
+    assert talk.resident("a", 1) == 1
+    talk.record("b", third, talk.continued(third), now=2)  # the conversation moved to b
+    assert (talk.resident("a", 2), talk.resident("b", 2)) == (0, 1)
+    assert talk.resident("b", 12.5) == 0  # quiet for longer than the linger: gone
+
+
+def test_one_off_prompts_never_count_as_residents():
+    talk = Conversations()
+    for i in range(50):
+        talk.record("a", prefix_blocks(prompt(f"prompt {i} ", 3)), None, now=i * 0.1)
+    assert talk.resident("a", 5.0) == 0
+
+
+def test_conversations_forget_the_oldest_tips_beyond_capacity():
+    talk = Conversations(capacity=3)
+    for i in range(5):
+        blocks = prefix_blocks(prompt(f"c{i} ", 2))
+        talk.record("a", blocks, None, now=0)
+        talk.record("a", blocks + prefix_blocks(prompt(f"c{i} ", 3))[2:], blocks[-1], now=0)
+    assert talk.resident("a", 0) == 3
+
+
+def test_a_new_conversation_keeps_off_a_node_full_of_resident_ones(clock):
+    policy = LoadPolicy(clock=clock)
+    crowded, roomy = state("crowded", token_time=0.01), state("roomy", token_time=0.012)
+    for i in range(8):  # eight conversations live on `crowded`, all waiting for their users now
+        first = [b"system", f"question {i}".encode()]
+        policy.conversations.record("crowded", first, None, clock())
+        policy.conversations.record("crowded", [*first, f"answer {i}".encode()], first[-1], clock())
+    assert policy.conversations.resident("crowded", clock()) == 8
+    fresh = RouteRequest(blocks=prefix_blocks(prompt("new ", 2)), prompt_chars=2 * BLOCK_CHARS, out_tokens=100)
+    assert policy.choose([crowded, roomy], fresh).state.node_id == "roomy"
+    # The same nodes for a request that continues a conversation: only what is in flight counts.
+    policy.conversations.record("crowded", fresh.blocks, None, clock())
+    follow_up = RouteRequest(blocks=fresh.blocks + [b"y" * 8], prompt_chars=3 * BLOCK_CHARS, out_tokens=100)
+    assert policy.choose([crowded, roomy], follow_up).state.node_id == "crowded"
+
+
+def test_a_prompt_that_starts_like_earlier_ones_is_resident_at_once():
+    talk = Conversations(linger=10)
+    talk.record("a", [b"system", b"question 1"], None, now=0, shared=True)  # a shared system prompt
+    talk.record("a", [b"system", b"question 2"], None, now=0, shared=True)
+    assert talk.resident("a", 0) == 2
+    talk.record("a", [b"system", b"question 1", b"answer 1"], b"question 1", now=1)  # continued: still one
+    assert talk.resident("a", 1) == 2
+
+
+def test_the_load_policy_marks_prompts_that_start_like_earlier_ones(clock):
+    policy = LoadPolicy(clock=clock)
+    nodes = [state("a", token_time=0.01)]
+    system = prompt("system ", 2)
+    first = route_request({"prompt": system + prompt("question 1 ", 1)})
+    policy.routed(policy.choose(nodes, first).state, first)
+    assert not first.shared and policy.conversations.resident("a", clock()) == 0
+    second = route_request({"prompt": system + prompt("question 2 ", 1)})
+    policy.routed(policy.choose(nodes, second).state, second)
+    assert second.shared and policy.conversations.resident("a", clock()) == 1
