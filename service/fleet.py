@@ -91,7 +91,7 @@ class Sent:
         return max(0.0, self.out_tokens - done)
 
 
-MAX_QUEUE_STEPS = 256  # slot releases simulated at most, per estimate
+MAX_QUEUE_STEPS = 64  # slot releases simulated at most, per estimate
 
 
 @dataclass
@@ -173,12 +173,17 @@ class NodeState:
         is free. A request holds its slot until its last token: ours for their
         max_tokens less what was streamed (an upper bound: an answer may stop
         early); the others (other instances', other clients') are somewhere in
-        an average answer, spread evenly. Requests queued ahead take the first slots to free,
-        then hold them for an average answer each. `load` replaces the
-        node's load (to count requests that are not in flight yet)."""
+        an average answer, spread evenly. Requests queued ahead take the
+        first slots to free, then hold them for an average answer each (the
+        first MAX_QUEUE_STEPS releases simulated, the rest at the average
+        rate). `load` replaces the node's load (to count requests that are
+        not in flight yet)."""
+        load = self.load if load is None else load
+        if load < self.slots:
+            return 0.0
         started = [r.tokens_left(now, token_time) * token_time for r in self.sent.values() if r.first_at is not None]
         slots = max(self.slots, len(started))  # more running than slots: the slot count is stale
-        ahead = (self.load if load is None else load) + 1 - slots
+        ahead = load + 1 - slots
         if ahead <= 0:
             return 0.0
         unknown = slots - len(started)  # spread evenly over an average answer
@@ -186,7 +191,8 @@ class NodeState:
         heapq.heapify(releases)
         for _ in range(min(ahead - 1, MAX_QUEUE_STEPS)):
             heapq.heapreplace(releases, releases[0] + mean_out * token_time)
-        return releases[0]
+        beyond = max(0, ahead - 1 - MAX_QUEUE_STEPS)
+        return releases[0] + beyond * mean_out * token_time / slots
 
     def prefill_backlog(self, now: float) -> float:
         """Seconds of prompt processing this instance has sent the node that it

@@ -594,3 +594,15 @@ def test_the_load_policy_marks_prompts_that_start_like_earlier_ones(clock):
     second = route_request({"prompt": system + prompt("question 2 ", 1)})
     policy.routed(policy.choose(nodes, second).state, second)
     assert second.shared and policy.conversations.resident("a", clock()) == 1
+
+
+def test_a_long_queue_is_simulated_in_part_and_extrapolated(clock):
+    from service.fleet import MAX_QUEUE_STEPS
+
+    node = state("a", token_time=0.01)
+    streaming(node, clock(), *[(100, 100 - 10 * (i + 1)) for i in range(8)])
+    node.local_inflight += 1000  # a thousand queued: no per-request cost grows with them
+    simulated = node.slot_wait(clock(), 0.01, 100)
+    node.local_inflight -= 1
+    assert simulated - node.slot_wait(clock(), 0.01, 100) == pytest.approx(1.0 / 8)  # one more: 1/8 answer later
+    assert simulated > MAX_QUEUE_STEPS / 8 * 1.0
