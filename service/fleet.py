@@ -166,7 +166,8 @@ class NodeState:
 
     def longest_start_wait(self, now: float) -> float:
         """Seconds the oldest stream still waiting for its first token has waited."""
-        return now - min(self.starting.values()) if self.starting else 0.0
+        # Sent in order of time, so the first is the oldest.
+        return now - next(iter(self.starting.values())) if self.starting else 0.0
 
     def slot_wait(self, now: float, token_time: float, mean_out: float, load: int | None = None) -> float:
         """Seconds until a batch slot frees for one more request; 0 while one
@@ -175,24 +176,28 @@ class NodeState:
         early); the others (other instances', other clients') are somewhere in
         an average answer, spread evenly. Requests queued ahead take the
         first slots to free, then hold them for an average answer each (the
-        first MAX_QUEUE_STEPS releases simulated, the rest at the average
-        rate). `load` replaces the node's load (to count requests that are
-        not in flight yet)."""
+        slot releases simulated when at most MAX_QUEUE_STEPS are queued, the
+        average rate beyond). `load` replaces the node's load (to count
+        requests that are not in flight yet)."""
         load = self.load if load is None else load
         if load < self.slots:
             return 0.0
-        started = [r.tokens_left(now, token_time) * token_time for r in self.sent.values() if r.first_at is not None]
-        slots = max(self.slots, len(started))  # more running than slots: the slot count is stale
+        # More of ours running than the slot count allows: it is stale, and
+        # nothing says the node is full, so one more fits too.
+        running = len(self.sent) - len(self.starting)
+        slots = running + 1 if running > self.slots else self.slots
         ahead = load + 1 - slots
         if ahead <= 0:
             return 0.0
+        if ahead > MAX_QUEUE_STEPS:  # a long queue: which slot frees first hardly matters
+            return ahead * mean_out * token_time / slots
+        started = [r.tokens_left(now, token_time) * token_time for r in self.sent.values() if r.first_at is not None]
         unknown = slots - len(started)  # spread evenly over an average answer
         releases = started + [mean_out * token_time * (i + 1) / (unknown + 1) for i in range(unknown)]
         heapq.heapify(releases)
-        for _ in range(min(ahead - 1, MAX_QUEUE_STEPS)):
+        for _ in range(ahead - 1):
             heapq.heapreplace(releases, releases[0] + mean_out * token_time)
-        beyond = max(0, ahead - 1 - MAX_QUEUE_STEPS)
-        return releases[0] + beyond * mean_out * token_time / slots
+        return releases[0]
 
     def prefill_backlog(self, now: float) -> float:
         """Seconds of prompt processing this instance has sent the node that it

@@ -123,8 +123,9 @@ def test_a_whole_answer_is_assumed_to_run_since_it_was_sent(clock):
 def test_more_running_than_slots_means_the_slot_count_is_stale(clock):
     node = state("a", token_time=0.01)
     streaming(node, clock(), *[(100, 100 - 10 * (i + 1)) for i in range(10)])  # 10 running, 8 slots assumed
-    # The node has at least 10 slots: the next waits for the first to free, not the third.
-    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.10)
+    assert node.slot_wait(clock(), 0.01, 100) == 0.0  # the node has shown more slots: one more fits
+    node.local_inflight += 2  # two more, not started: one takes the 11th slot, one the first to free
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(0.20)  # the next: the second to free
 
 
 def test_the_load_policy_avoids_a_node_whose_slots_free_late(clock):
@@ -596,13 +597,12 @@ def test_the_load_policy_marks_prompts_that_start_like_earlier_ones(clock):
     assert second.shared and policy.conversations.resident("a", clock()) == 1
 
 
-def test_a_long_queue_is_simulated_in_part_and_extrapolated(clock):
+def test_a_long_queue_is_estimated_at_the_average_rate(clock):
     from service.fleet import MAX_QUEUE_STEPS
 
     node = state("a", token_time=0.01)
     streaming(node, clock(), *[(100, 100 - 10 * (i + 1)) for i in range(8)])
-    node.local_inflight += 1000  # a thousand queued: no per-request cost grows with them
-    simulated = node.slot_wait(clock(), 0.01, 100)
-    node.local_inflight -= 1
-    assert simulated - node.slot_wait(clock(), 0.01, 100) == pytest.approx(1.0 / 8)  # one more: 1/8 answer later
-    assert simulated > MAX_QUEUE_STEPS / 8 * 1.0
+    node.local_inflight += 1000  # a thousand queued: each slot frees every 1/8 of an average answer
+    assert node.slot_wait(clock(), 0.01, 100) == pytest.approx(1001 * 1.0 / 8)
+    node.local_inflight = 8 + MAX_QUEUE_STEPS - 1  # as many as are simulated one by one
+    assert node.slot_wait(clock(), 0.01, 100) < MAX_QUEUE_STEPS * 1.0 / 8 + 1.0
