@@ -66,7 +66,7 @@ async def measure(name: str, policy: str, streams: int, logdir, seed: int) -> di
                                          "messages": [{"role": "user", "content": rng_words(rng, 16)}]})
             for i in range(streams)]
     async with Stack(logdir) as stack:
-        fleet = await Fleet(stack, fleet_spec(streams), name=f"fake-streams-{name}").ready()
+        fleet = await Fleet(stack, fleet_spec(streams), name=f"fake-streams-{name}".replace("/", "_")).ready()
         target = await start_target(stack, fleet, name, policy)
         await asyncio.sleep(1.0)  # let the target settle before the memory baseline
         stop, seen = asyncio.Event(), {"peak": 0}
@@ -95,9 +95,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(headers, lines)
 
 
-async def run(quick: bool = False, seed: int = 1, streams: int | None = None) -> dict[str, Any]:
+async def run(quick: bool = False, seed: int = 1, streams: int | None = None,
+              only: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     streams = streams or (200 if quick else STREAMS)
-    targets = TARGETS[:1] if quick else TARGETS
+    targets = only or (TARGETS[:1] if quick else TARGETS)
     logdir = make_logdir("streams")
     log(f"(c) {streams} concurrent streams: logs in {logdir}")
     rows = []
@@ -106,7 +107,7 @@ async def run(quick: bool = False, seed: int = 1, streams: int | None = None) ->
     head = (f"{streams} streams opened within {RAMP:g} s, {TOKENS} tokens each at {STEP_TIME:g} s per token "
             f"(about {TOKENS * STEP_TIME:.1f} s per stream). Fleet: `{fleet_spec(streams).command()}`.")
     text = head + "\n\n" + table(rows)
-    write_results("streams", {"streams": streams, "tokens": TOKENS, "step_time": STEP_TIME, "quick": quick,
+    write_results("streams-selected" if only else "streams", {"streams": streams, "tokens": TOKENS, "step_time": STEP_TIME, "quick": quick,
                               "rows": rows}, text)
     return {"rows": rows}
 
@@ -116,8 +117,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200 streams, nvllm only")
     ap.add_argument("--streams", type=int, default=None)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--targets", help="only these, e.g. nvllm:load,nvllm@/tmp/base:load")
     args = ap.parse_args()
-    asyncio.run(run(args.quick, args.seed, args.streams))
+    only = [tuple(item.split(":", 1)) for item in args.targets.split(",")] if args.targets else None
+    if only and any(len(pair) != 2 for pair in only):
+        ap.error("--targets takes ROUTER:POLICY pairs separated by commas")
+    asyncio.run(run(args.quick, args.seed, args.streams, only))
 
 
 if __name__ == "__main__":
