@@ -107,8 +107,8 @@ async def run(quick: bool = False, seed: int = 1, streams: int | None = None,
     head = (f"{streams} streams opened within {RAMP:g} s, {TOKENS} tokens each at {STEP_TIME:g} s per token "
             f"(about {TOKENS * STEP_TIME:.1f} s per stream). Fleet: `{fleet_spec(streams).command()}`.")
     text = head + "\n\n" + table(rows)
-    write_results("streams-selected" if only else "streams", {"streams": streams, "tokens": TOKENS, "step_time": STEP_TIME, "quick": quick,
-                              "rows": rows}, text)
+    results = {"streams": streams, "tokens": TOKENS, "step_time": STEP_TIME, "quick": quick, "rows": rows}
+    write_results("streams-selected" if only else "streams", results, text)
     return {"rows": rows}
 
 
