@@ -41,6 +41,10 @@ prefix cache does); the node that last served the longest known chain gets the
 request if cost(affine) <= (1 + slack) * min cost. Near-ties (within 10%) are
 broken by rendezvous hashing of the prompt's deepest block, so instances that
 decide at once from the same view spread out instead of herding, and agree.
+
+Conversations: a prompt that continues no known conversation is placed by
+what its node will hold when its follow-ups come: load(n) in slot_wait is at
+least the conversations resident on n (see Conversations).
 """
 
 from __future__ import annotations
