@@ -5,7 +5,8 @@ N plain chat requests under cProfile, then the cumulative profile.
 Runs in the project's environment (it imports nvllm):
     .venv/bin/python bench/profile_app.py [--requests 3000] [--stream]
 PROFILE_SORT=tottime sorts by time spent in each function itself;
-PROFILE_CALLERS=<regex> also lists the callers of the functions it matches.
+PROFILE_CALLERS=<regex> also lists the callers of the functions it matches;
+PROFILE_LINES=N prints N functions (45).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def profile(node_url: str, redis_url: str, n: int, stream: bool) -> None:
     print(f"{n} requests; CPU per request without the profiler: {plain:.3f} ms (client side of the test included)")
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
-    stats.print_stats(45)
+    stats.print_stats(int(os.environ.get("PROFILE_LINES", "45")))
     if os.environ.get("PROFILE_CALLERS"):  # e.g. PROFILE_CALLERS=isinstance: who calls it, how often
         stats.print_callers(os.environ["PROFILE_CALLERS"])
     print(out.getvalue())
