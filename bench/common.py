@@ -154,7 +154,7 @@ class Proc:
     def __init__(self, name: str, cmd: Sequence[str], logdir: Path, env: dict[str, str] | None = None,
                  cwd: Path = ROOT) -> None:
         self.name = name
-        self.log_path = logdir / f"{name}.log"
+        self.log_path = logdir / f"{file_name(name)}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, **(env or {})}
         self.popen = subprocess.Popen(list(cmd), stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
@@ -345,7 +345,7 @@ async def start_nvllm(stack: Stack, fleet: Fleet, policy: str = "load", *, insta
         # Empty means unset: the embedded store, whatever this shell exports.
         env["REDIS_URL"] = redis_url or ""
         command = [str(PROJECT_PYTHON), "main.py", "--host", "127.0.0.1", "--port", str(port)]
-        proc = stack.start(f"{name}{i}".replace("/", "_"), command, env=env, cwd=source)
+        proc = stack.start(f"{name}{i}", command, env=env, cwd=source)
         url = f"http://127.0.0.1:{port}"
         await wait_until(lambda u=url: http_ok(u + "/readyz"), f"{name}{i} /readyz", proc)
         urls.append(url)
@@ -710,12 +710,17 @@ def save_raw(name: str, outcomes: Sequence[Outcome], extras: Sequence[dict[str, 
     """Every request's outcome (and what was asked, when given), one JSON
     object a line, for a closer look (bench/results/*.raw, not committed)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / f"{name}.raw", "w") as f:
+    with open(RESULTS / f"{file_name(name)}.raw", "w") as f:
         for i, o in enumerate(outcomes):
             record = {k: v for k, v in asdict(o).items() if k != "text"}
             if extras is not None and i < len(extras):
                 record.update(extras[i])
             f.write(json.dumps(record) + "\n")
+
+
+def file_name(name: str) -> str:
+    """A target's name as part of a file name: `nvllm@DIR` names a directory."""
+    return name.replace("/", "_")
 
 
 def make_logdir(scenario: str) -> Path:

@@ -194,8 +194,7 @@ async def measure_once(name: str, policy: str, workload: str, logdir, seed: int,
     """One run of one target on a fresh fleet: outcomes and counters."""
     rate = LOAD * capacity()["fleet"]
     async with Stack(logdir) as stack:
-        tag = name.replace("/", "_")  # nvllm@DIR names a directory
-        fleet = await Fleet(stack, FLEET, name=f"fake-{workload}-{tag}-{policy}-{seed}").ready()
+        fleet = await Fleet(stack, FLEET, name=f"fake-{workload}-{name}-{policy}-{seed}").ready()
         target = await start_target(stack, fleet, name, policy)
         before = await fleet.stats()
         hits0, queries0 = await fleet.prefix_counters()
@@ -210,7 +209,7 @@ async def measure_once(name: str, policy: str, workload: str, logdir, seed: int,
                                                                  drain=drain)
         hits1, queries1 = await fleet.prefix_counters()
         after = await fleet.stats()
-    save_raw(f"routing-{workload}-{tag}-{policy}" + (f"-seed{seed}" if seed != 1 else ""), outcomes, extras)
+    save_raw(f"routing-{workload}-{name}-{policy}" + (f"-seed{seed}" if seed != 1 else ""), outcomes, extras)
     return {"target": target, "outcomes": outcomes, "span": span, "hits": hits1 - hits0,
             "queries": queries1 - queries0, "cpu": meter.cpu, "rss_peak": meter.rss_peak,
             "served": [a["completed"] - b["completed"] for a, b in zip(after, before, strict=True)]}

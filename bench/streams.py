@@ -66,7 +66,7 @@ async def measure(name: str, policy: str, streams: int, logdir, seed: int) -> di
                                          "messages": [{"role": "user", "content": rng_words(rng, 16)}]})
             for i in range(streams)]
     async with Stack(logdir) as stack:
-        fleet = await Fleet(stack, fleet_spec(streams), name=f"fake-streams-{name}".replace("/", "_")).ready()
+        fleet = await Fleet(stack, fleet_spec(streams), name=f"fake-streams-{name}").ready()
         target = await start_target(stack, fleet, name, policy)
         await asyncio.sleep(1.0)  # let the target settle before the memory baseline
         stop, seen = asyncio.Event(), {"peak": 0}

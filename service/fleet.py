@@ -87,7 +87,12 @@ class Sent:
     expected_ttft: float | None = None  # what the load policy expected when it chose the node
 
     def tokens_left(self, now: float, token_time: float) -> float:
-        done = self.tokens if self.tokens else (now - self.first_at) / token_time if self.first_at else 0.0
+        if self.tokens:
+            done = float(self.tokens)
+        elif self.first_at is not None:  # a whole answer: assumed generating since sent
+            done = (now - self.first_at) / token_time
+        else:
+            done = 0.0
         return max(0.0, self.out_tokens - done)
 
 
@@ -163,6 +168,28 @@ class NodeState:
         if self.saturated_at:
             return self.saturated_at
         return max(DEFAULT_SLOTS, self.most_running)
+
+    def begin(self, ticket: int, sent: Sent, stream: bool) -> None:
+        """One of our requests is on its way to the node."""
+        self.sent[ticket] = sent
+        if stream:
+            self.starting[ticket] = sent.sent_at
+
+    def first_token(self, ticket: int, now: float) -> Sent | None:
+        """A stream's first token came: it holds a batch slot now, and its wait
+        tells how far off the estimate was."""
+        self.starting.pop(ticket, None)
+        sent = self.sent.get(ticket)
+        if sent is not None:
+            sent.first_at = now
+            if sent.expected_ttft is not None:
+                self.add_first_token(sent.expected_ttft, now - sent.sent_at, now)
+        return sent
+
+    def end(self, ticket: int) -> None:
+        """The request is over, however it ended."""
+        self.starting.pop(ticket, None)
+        self.sent.pop(ticket, None)
 
     def longest_start_wait(self, now: float) -> float:
         """Seconds the oldest stream still waiting for its first token has waited."""

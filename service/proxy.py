@@ -177,15 +177,13 @@ class Proxy:
             started = time.perf_counter()
             ticket = next(self._tickets)
             sent_at = time.monotonic()
-            state.sent[ticket] = Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
-                                      expected_ttft=request.ttft)
-            if stream:
-                state.starting[ticket] = sent_at
+            state.begin(ticket, Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
+                                     expected_ttft=request.ttft), stream)
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
-                self._forget(state, ticket)
+                state.end(ticket)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
@@ -203,7 +201,7 @@ class Proxy:
             ):
                 response.drain_conn()
                 response.release_conn()
-                self._forget(state, ticket)
+                state.end(ticket)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 self._report(state, response.status, f"retried:{response.status}", started)
@@ -260,7 +258,7 @@ class Proxy:
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
-        sent = state.sent.get(ticket)
+        sent = None
         events = mark_events = 0
         mark_at = last_at = 0.0
         outcome = "ok"
@@ -272,13 +270,9 @@ class Proxy:
                     # first (the role, or the first token) waits for the prefill.
                     last_at = time.perf_counter()
                     seen = chunk.count(b"data:")
-                    if events < 2 <= events + seen:
+                    if events < 2 <= events + seen:  # the first token is here
                         mark_at, mark_events = last_at, events + seen
-                        state.starting.pop(ticket, None)  # the first token is here
-                        if sent:
-                            sent.first_at = time.monotonic()
-                            if sent.expected_ttft is not None:
-                                state.add_first_token(sent.expected_ttft, sent.first_at - sent.sent_at, sent.first_at)
+                        sent = state.first_token(ticket, time.monotonic())
                     events += seen
                     if sent:
                         sent.tokens = events - 1  # the role event carries no token
@@ -296,7 +290,7 @@ class Proxy:
             self.fleet.record_failure(state, type(exc).__name__)
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
         finally:
-            self._forget(state, ticket)
+            state.end(ticket)
             if complete:
                 response.release_conn()
             else:
@@ -305,11 +299,6 @@ class Proxy:
             if events - mark_events >= 3:
                 state.add_token_time((last_at - mark_at) / (events - mark_events))
             self._report(state, response.status, outcome, started)
-
-    @staticmethod
-    def _forget(state: NodeState, ticket: int) -> None:
-        state.starting.pop(ticket, None)
-        state.sent.pop(ticket, None)
 
     def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
         if self._on_done:
