@@ -9,18 +9,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check --no-input --quiet
-# Optional: the fake vLLM server's own requirements, when present.
-FAKE_REQS := $(wildcard requirements-fake.txt)
+# requirements-dev.txt includes every runtime requirements file.
+DEV_REQS := requirements.txt requirements-agent.txt requirements-fake.txt requirements-dev.txt
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help run test pytest smoke lint clean distclean
+.PHONY: help run test pytest smoke install-check lint clean distclean
 
 help:
 	@echo "make run      install requirements (once) and run nvllm (ARGS='--port 8080')"
-	@echo "make test     unit and integration tests, then tests/test.sh against a fresh server"
+	@echo "make test     unit and integration tests, tests/test.sh against a fresh server, the install check"
 	@echo "make pytest   only the pytest suite (PYTEST_ARGS='-m \"not integration\"')"
 	@echo "make smoke    only tests/test.sh against a fresh server"
+	@echo "make install-check  each requirements file alone in a throwaway venv: main.py serves, agent and fakevllm start"
 	@echo "make lint     ruff"
 	@echo "make clean    caches and install stamps; 'make distclean' also removes $(VENV)"
 
@@ -32,8 +33,8 @@ $(VENV)/.installed-run: requirements.txt | $(PY)
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(FAKE_REQS) | $(PY)
-	$(PIP) -r requirements-dev.txt $(addprefix -r ,$(FAKE_REQS))
+$(VENV)/.installed-dev: $(DEV_REQS) | $(PY)
+	$(PIP) -r requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.installed-run
@@ -44,12 +45,17 @@ test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 	echo "tests/test.sh against a fresh server"
 	$(SMOKE)
+	echo "tests/install_check.sh: each requirements file alone"
+	PYTHON=$(PYTHON) bash tests/install_check.sh
 
 pytest: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 smoke: $(VENV)/.installed-dev
 	@$(SMOKE)
+
+install-check:
+	PYTHON=$(PYTHON) bash tests/install_check.sh
 
 # tests/test.sh against a server of its own: a free port, a temporary data
 # directory (so its embedded store) and a generated admin password. The
