@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -66,6 +67,7 @@ from common import (
     Outcome,
     Planned,
     Stack,
+    file_name,
     free_port,
     http_ok,
     log,
@@ -474,6 +476,12 @@ async def run_once(member: Member, engine: str, config: str, seed: int, args: ar
                 outcomes, span = await run_conversations(target, conversation_plan(member, seed, args.duration),
                                                          member, args.drain)
         served1, (hits1, queries1) = await fleet.served(), await fleet.prefix_counters()
+    raw = result_path(member, engine, args.seed).with_name(f"{member.name}-{engine}-{file_name(config)}-{seed}.raw")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    with open(raw, "w") as f:  # one line a request, for a look at the tails
+        for o in outcomes:
+            f.write(json.dumps({"ok": o.ok, "error": o.error, "ttft": o.ttft, "e2e": o.e2e, "node": o.node,
+                                "events": o.events}) + "\n")
     row = summarize(outcomes, span)
     served = [b - a for a, b in zip(served0, served1, strict=True)]
     row.update({"config": config, "seed": seed, "hits": hits1 - hits0, "queries": queries1 - queries0,
@@ -488,7 +496,12 @@ async def run_once(member: Member, engine: str, config: str, seed: int, args: ar
 
 
 def result_path(member: Member, engine: str, seed: int) -> Path:
-    return FAMILY_DIR / f"seed{seed}" / f"{member.name}-{engine}.json"
+    return family_dir() / f"seed{seed}" / f"{member.name}-{engine}.json"
+
+
+def family_dir() -> Path:
+    """bench/results/family, or BENCH_FAMILY_DIR for experiments kept apart."""
+    return Path(os.environ.get("BENCH_FAMILY_DIR", FAMILY_DIR))
 
 
 async def run_member(member: Member, engine: str, configs: Sequence[str], args: argparse.Namespace) -> None:
@@ -556,7 +569,7 @@ def member_rows(doc: dict[str, Any]) -> list[list[Any]]:
 
 
 def table(seed: int) -> str:
-    directory = FAMILY_DIR / f"seed{seed}"
+    directory = family_dir() / f"seed{seed}"
     docs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
     if not docs:
         return f"no results under {directory}"
@@ -602,7 +615,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for engine in engines:
                 asyncio.run(run_member(member, engine, args.targets.split(","), args))
     text = table(args.seed)
-    (RESULTS / "family.md").write_text(text)
+    (family_dir().parent / "family.md" if "BENCH_FAMILY_DIR" not in os.environ
+     else family_dir() / "family.md").write_text(text)
     print(text)
 
 
