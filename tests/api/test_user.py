@@ -401,3 +401,19 @@ def test_an_unknown_username_costs_the_same_hashing_as_a_wrong_password(client, 
     error_text(login(client, "admin", "wrong-password"), 401)
     error_text(login(client, "nobody", "wrong-password", addr="10.0.0.2"), 401)
     assert costs == [settings.password_hash_n] * 2
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("60", 60), ("90m", 5400), ("365d", 365 * 86400), ("3650d", 3650 * 86400)])
+def test_the_command_lines_token_lifetimes(text, seconds):
+    from main import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["59", "3651d", "forever", "", "1e9"])
+def test_the_command_line_mints_no_longer_than_nvllm_accepts(text):
+    from config import SettingsError
+    from main import parse_duration
+
+    with pytest.raises(SettingsError, match="--ttl"):
+        parse_duration(text)
