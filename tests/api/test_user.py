@@ -403,7 +403,9 @@ def test_an_unknown_username_costs_the_same_hashing_as_a_wrong_password(client, 
     assert costs == [settings.password_hash_n] * 2
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("60", 60), ("90m", 5400), ("365d", 365 * 86400), ("3650d", 3650 * 86400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("60", 60), ("90m", 5400), ("365d", 365 * 86400), ("3650d", 3650 * 86400)]
+)
 def test_the_command_lines_token_lifetimes(text, seconds):
     from main import parse_duration
 
