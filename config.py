@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,33 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+MIN_SECRET_BYTES = 32
+
+
+def _secret(name: str, raw: str) -> str | None:
+    """HS256 with a short secret falls to an offline guess from any one token."""
+    if raw and len(raw.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(f"{name} must be at least {MIN_SECRET_BYTES} bytes; leave it unset to have one generated")
+    return raw or None
+
+
+def _new_password(name: str, raw: str) -> str | None:
+    """The bootstrap admin's password passes the rule every password must."""
+    from model.user import password_problem
+
+    problem = password_problem(raw) if raw else None
+    if problem:
+        raise SettingsError(f"{name} {problem}")
+    return raw or None
+
+
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be comma-separated addresses or CIDRs, got {raw!r}") from None
+
+
 def _env(var: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
     return field(default=default, metadata={"env": var, "parse": parse, "doc": doc})
 
@@ -97,22 +125,31 @@ class Settings:
     data_dir: str = _env("NVLLM_DATA_DIR", _text, "./data", "embedded store's data directory")
 
     jwt_secret: str | None = _env(
-        "NVLLM_JWT_SECRET", _optional_text, None, "token signing secret; unset = generated once"
+        "NVLLM_JWT_SECRET", _secret, None, "token signing secret, 32+ bytes; unset = generated once"
     )
     token_ttl: int = _env(
         "NVLLM_TOKEN_TTL", _int(60, 10 * 365 * 86400), 12 * 3600, "login token lifetime, s"
     )
     admin_password: str | None = _env(
-        "NVLLM_ADMIN_PASSWORD", _optional_text, None, "bootstrap admin's password"
+        "NVLLM_ADMIN_PASSWORD", _new_password, None, "bootstrap admin's password (the password rule applies)"
     )
     login_max_failures: int = _env(
-        "NVLLM_LOGIN_MAX_FAILURES", _int(1, 10_000), 5, "failed logins before 429"
+        "NVLLM_LOGIN_MAX_FAILURES", _int(1, 10_000), 5,
+        "failed logins per username and client address before back-off (10x per name or address alone)",
     )
     login_window: int = _env(
-        "NVLLM_LOGIN_WINDOW", _int(1, 86400), 300, "failed-login counting window, s"
+        "NVLLM_LOGIN_WINDOW", _int(1, 86400), 300, "failed-login counting window and longest back-off, s"
     )
     cors_origins: tuple[str, ...] = _env(
         "NVLLM_CORS_ORIGINS", _origins, (), "comma-separated origins allowed by CORS"
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _env(
+        "NVLLM_TRUSTED_PROXIES", _networks, (),
+        "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed; none by default",
+    )
+    auth_max_stale: float = _env(
+        "NVLLM_AUTH_MAX_STALE", _float(0, 3600), 60.0,
+        "while Redis is down, tokens of users checked this recently still work, s",
     )
 
     node_retention: int = _env(
@@ -160,8 +197,8 @@ class Settings:
     )
 
     # scrypt's work factor. Not an environment variable: production keeps the
-    # default; tests turn it down so a login costs microseconds.
-    password_hash_n: int = 2**15
+    # default (model/user.py HASH_N); tests turn it down so a login costs microseconds.
+    password_hash_n: int = 2**17
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

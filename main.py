@@ -129,9 +129,13 @@ def init_cors(app: Flask, settings: Settings) -> None:
         )
 
 
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
 def bootstrap_admin(stores, settings: Settings) -> None:
     """First start with no users: create `admin`. A generated password goes to
-    the console once, never to the log."""
+    <NVLLM_DATA_DIR>/admin-password (mode 0600), never to the console or the
+    log, which journald or a container runtime would keep for anyone to read."""
     from model.errors import StorageUnavailable
     from service.user import bootstrap_admin as create_first_admin
 
@@ -142,12 +146,32 @@ def bootstrap_admin(stores, settings: Settings) -> None:
     except StorageUnavailable:
         log.warning("storage unavailable at startup; admin bootstrap skipped")
         return
-    if generated:
-        print(
-            f"nvllm: created user 'admin' with password {generated}\n"
-            "nvllm: this password is shown once; set NVLLM_ADMIN_PASSWORD to choose your own.",
-            flush=True,
+    if not generated:
+        return
+    path = os.path.abspath(os.path.join(settings.data_dir, ADMIN_PASSWORD_FILE))
+    try:
+        write_private_file(path, generated + "\n")
+    except OSError as exc:
+        log.error(
+            "created user 'admin' but could not write its password to %s (%s); "
+            "set a new one with: python main.py user passwd admin", path, exc.strerror,
         )
+        return
+    print(
+        f"nvllm: created user 'admin'; its password is in {path} (readable only by this account)\n"
+        "nvllm: log in, then delete that file; set NVLLM_ADMIN_PASSWORD to choose the password instead.",
+        flush=True,
+    )
+
+
+def write_private_file(path: str, text: str) -> None:
+    """Write `text` to a file only its owner may read, in a directory only its
+    owner may enter; a file left with wider modes is narrowed first."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(fd, 0o600)
+        out.write(text)
 
 
 # --- command line ---
@@ -175,18 +199,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     token = commands.add_parser("token", help="mint a long-lived token (for a worker's agent)")
     token.add_argument("username")
-    token.add_argument("--ttl", default="365d", help="lifetime: seconds, or with s/m/h/d (default 365d)")
+    token.add_argument(
+        "--ttl", default="365d", help="lifetime: seconds, or with s/m/h/d (default 365d, at most 3650d)"
+    )
+    revoke = commands.add_parser("revoke", help="revoke one token by its jti; the user's others keep working")
+    revoke.add_argument("jti", help="the token's id, printed when it was minted")
     return parser.parse_args(argv)
 
 
 def parse_duration(text: str) -> int:
+    from service.token import MAX_TOKEN_TTL
+
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text and text[-1] in units:
-            return int(text[:-1]) * units[text[-1]]
-        return int(text)
+        seconds = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
     except ValueError:
         raise SettingsError(f"--ttl must be a number of seconds or like 30d, got {text!r}") from None
+    if not 60 <= seconds <= MAX_TOKEN_TTL:
+        raise SettingsError(f"--ttl must be between 60 s and {MAX_TOKEN_TTL // 86400}d, got {text!r}")
+    return seconds
 
 
 def read_password(prompt: str) -> str:
@@ -211,7 +242,12 @@ def run_user_command(args: argparse.Namespace, settings: Settings) -> int:
         try:
             if args.command == "token":
                 user = users.get_user(stores.users, args.username)
-                print(stores.tokens.issue(user, parse_duration(args.ttl)))
+                token, jti = stores.tokens.mint(user, parse_duration(args.ttl))
+                print(token)
+                print(f"jti {jti}: revoke this token alone with: python main.py revoke {jti}", file=sys.stderr)
+            elif args.command == "revoke":
+                stores.tokens.revoke(args.jti)
+                print(f"revoked token {args.jti}; it stops working within seconds")
             elif args.action == "list":
                 for u in users.list_users(stores.users):
                     print(f"{u.username}\t{u.role.value}\t{u.to_dict()['create_time']}")
@@ -248,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     from middleware.logs import init_logging
 
     init_logging(settings.log_level, settings.log_json)
-    if args.command in ("user", "token"):
+    if args.command in ("user", "token", "revoke"):
         from server.store import StoreError
 
         try:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
 from api import json_body, ok
 from middleware.auth import require_role
+from middleware.client import request_client_address
 from middleware.redis_client import get_stores
 from model.errors import ValidationError
 from model.user import validate_username
 from service import user as users
+from service.token import MAX_TOKEN_TTL
 
 bp = Blueprint("user", __name__, url_prefix="/api/user")
-
-MAX_TOKEN_TTL = 10 * 365 * 86400
 
 
 def _settings():
@@ -27,10 +27,11 @@ def login() -> Response:
     user = users.login(
         stores.users,
         json_body(),
-        client_addr=request.remote_addr or "unknown",
+        client_addr=request_client_address(),
         max_failures=settings.login_max_failures,
         window=settings.login_window,
         hash_n=settings.password_hash_n,
+        clock=stores.clock,
     )
     token = stores.tokens.issue(user, settings.token_ttl)
     return ok({"token": token, "expires_in": settings.token_ttl, "role": user.role.value})
@@ -71,7 +72,8 @@ def delete(username: str) -> Response:
 @bp.post("/token/<username>")
 @require_role("admin")
 def mint_token(username: str) -> Response:
-    """A long-lived token for a worker's agent: {"ttl": seconds}, default 1 year."""
+    """A long-lived token for a worker's agent: {"ttl": seconds}, default 1 year.
+    Its `jti` is what revokes it alone (DELETE token/<jti>)."""
     body = json_body()
     if not isinstance(body, dict) or set(body) - {"ttl"}:
         raise ValidationError("body", 'may only hold "ttl"')
@@ -80,4 +82,13 @@ def mint_token(username: str) -> Response:
         raise ValidationError("ttl", f"must be an integer between 60 and {MAX_TOKEN_TTL}")
     stores = get_stores()
     user = users.get_user(stores.users, validate_username(username))
-    return ok({"token": stores.tokens.issue(user, ttl), "expires_in": ttl, "role": user.role.value})
+    token, jti = stores.tokens.mint(user, ttl)
+    return ok({"token": token, "expires_in": ttl, "role": user.role.value, "jti": jti})
+
+
+@bp.delete("/token/<jti>")
+@require_role("admin")
+def revoke_token(jti: str) -> Response:
+    """Revoke one token by its jti; the user's other tokens keep working."""
+    get_stores().tokens.revoke(jti)
+    return ok({"jti": jti, "revoked": True})

@@ -47,8 +47,17 @@ class Keys:
         return self._key("users")
 
     def login_failures(self, kind: str, who: str) -> str:
-        """Counter with TTL: failed logins per `user` name or per client `addr`."""
+        """Hash with TTL {n, last}: login attempts not known to have succeeded, per
+        `user` name or per client `addr`, and when the last one failed (ms)."""
         return self._key("login_failures", kind, who)
+
+    def login_failures_pair(self, username: str, addr: str) -> str:
+        """Hash with TTL {n, last}: the same per username and client address."""
+        return self._key("login_failures", "pair", username, addr)
+
+    def revoked_token(self, jti: str) -> str:
+        """String with TTL: a token revoked by its `jti` (the TTL outlives the token)."""
+        return self._key("revoked_token", jti)
 
     def jwt_secret(self) -> str:
         """String: the generated token secret shared by every instance."""

@@ -65,7 +65,9 @@ def init_redis(
         nodes=NodeStore(client, keys),
         inflight=InflightStore(client, keys),
         users=users,
-        tokens=TokenService(users, _secret_source(settings, users), clock=clock),
+        tokens=TokenService(
+            users, _secret_source(settings, users), max_stale=settings.auth_max_stale, clock=clock
+        ),
         clock=clock,
     )
     app.extensions["redis"] = client

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import functools
+import gzip
 import hashlib
 import hmac
 import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from model.errors import ValidationError
@@ -16,8 +19,18 @@ from model.errors import ValidationError
 # A username becomes part of a Redis key: same rule as node ids (dao/keys.py).
 # \Z, not $: $ also matches before a trailing newline.
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-MIN_PASSWORD = 8
+MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
+# OWASP's scrypt floor (n=2**17, r=8, p=1): 128 MiB and about 0.4 s of one core
+# per hash. Hashes carry their own parameters, so older ones still verify and
+# are re-hashed at the next login.
+HASH_N = 2**17
+HASH_R = 8
+HASH_P = 1
+# Django's list (see common-passwords.LICENSE beside it), lowercased.
+COMMON_PASSWORDS_FILE = Path(__file__).with_name("common-passwords.txt.gz")
+# What people append to a common word to pass a length rule: "dragon123456".
+_TRAILING_FILLER = re.compile(r"[\W\d_]+\Z")
 
 
 class Role(StrEnum):
@@ -37,13 +50,45 @@ def validate_username(value: Any) -> str:
 
 
 def validate_password(value: Any, *, for_new: bool = True) -> str:
+    """A login only needs a password of a sane size; a new one must also pass
+    the strength rule (password_problem)."""
     if not isinstance(value, str) or not value:
         raise ValidationError("password", "is required")
     if len(value) > MAX_PASSWORD:
         raise ValidationError("password", f"must be at most {MAX_PASSWORD} characters")
-    if for_new and len(value) < MIN_PASSWORD:
-        raise ValidationError("password", f"must be at least {MIN_PASSWORD} characters")
+    if for_new:
+        problem = password_problem(value)
+        if problem:
+            raise ValidationError("password", problem)
     return value
+
+
+def password_problem(value: str) -> str | None:
+    """Why a new password is too weak, or None: shorter than MIN_PASSWORD, fewer
+    than 4 distinct characters, a common password, one repeated, or one with
+    only digits and symbols after it."""
+    if len(value) < MIN_PASSWORD:
+        return f"must be at least {MIN_PASSWORD} characters"
+    if len(set(value)) < 4:
+        return "must use at least 4 different characters"
+    lowered = value.lower()
+    common = common_passwords()
+    base = _TRAILING_FILLER.sub("", lowered)
+    if lowered in common or not base or base in common or _repeats_of(lowered) in common:
+        return "is too common; choose a longer or less predictable one"
+    return None
+
+
+def _repeats_of(text: str) -> str:
+    """The shortest string that `text` repeats ("abcabc" -> "abc")."""
+    doubled = (text + text).find(text, 1)
+    return text[:doubled] if doubled < len(text) else text
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    with gzip.open(COMMON_PASSWORDS_FILE, "rt", encoding="utf-8") as lines:
+        return frozenset(line.strip().lower() for line in lines if line.strip())
 
 
 def validate_role(value: Any) -> Role:
@@ -53,13 +98,30 @@ def validate_role(value: Any) -> Role:
         raise ValidationError("role", "must be one of admin, worker, user") from None
 
 
-def hash_password(password: str, *, n: int = 2**15) -> str:
+def _maxmem(n: int, r: int, p: int) -> int:
+    """scrypt needs 128*r*n bytes for its table plus 128*r*p for its blocks;
+    OpenSSL refuses anything above maxmem, so leave a little room."""
+    return 128 * r * (n + p) + 2**20
+
+
+def hash_password(password: str, *, n: int = HASH_N) -> str:
     """scrypt with a random salt; the parameters travel with the hash, so a
     stored hash stays verifiable when the default work factor changes."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=8, p=1, maxmem=2**27)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=HASH_R, p=HASH_P, maxmem=_maxmem(n, HASH_R, HASH_P)
+    )
     b64 = base64.b64encode
-    return f"scrypt${n}$8$1${b64(salt).decode()}${b64(digest).decode()}"
+    return f"scrypt${n}${HASH_R}${HASH_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def needs_rehash(stored: str, *, n: int = HASH_N) -> bool:
+    """A hash made with less work than `n` asks for now (or not ours)."""
+    try:
+        scheme, cost, r, p, _, _ = stored.split("$")
+        return scheme != "scrypt" or int(cost) * int(r) * int(p) < n * HASH_R * HASH_P
+    except ValueError:
+        return True
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -68,13 +130,14 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
+        cost, blocks, lanes = int(n), int(r), int(p)
         actual = hashlib.scrypt(
             password.encode(),
             salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=2**27,
+            n=cost,
+            r=blocks,
+            p=lanes,
+            maxmem=_maxmem(cost, blocks, lanes),
             dklen=len(expected),
         )
     except (ValueError, TypeError):

@@ -1,7 +1,10 @@
-"""Tokens: HS256 JWTs carrying sub, role, ver (the user's token version), iat, exp."""
+"""Tokens: HS256 JWTs carrying sub, role, ver (the user's token version), iat,
+exp and jti (the token's own id, to revoke it alone)."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,23 +12,37 @@ from dataclasses import dataclass
 import jwt
 
 from dao.user import UserStore
-from model.errors import StorageUnavailable, Unauthorized
+from model.errors import StorageUnavailable, Unauthorized, ValidationError
 from model.user import Role, User
 
 ALGORITHM = "HS256"
 MAX_VERIFIED = 10_000  # tokens whose signature was checked, kept per process
+# The longest lifetime nvllm mints (`python main.py token --ttl`, POST
+# /api/user/token, NVLLM_TOKEN_TTL): a token claiming more was not made here.
+MAX_TOKEN_TTL = 10 * 365 * 86400
+CLOCK_SKEW = 5  # seconds another instance's clock may run ahead of ours
+JTI_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 
 
 @dataclass(frozen=True)
 class Claims:
     username: str
     role: Role
+    jti: str | None = None
+
+
+def validate_jti(value: object) -> str:
+    if not isinstance(value, str) or not JTI_PATTERN.match(value):
+        raise ValidationError("jti", "must be 16-64 characters of A-Z a-z 0-9 _ -")
+    return value
 
 
 class TokenService:
     """Issues and verifies tokens. A token is only as good as its user: a user
-    removed, or whose password or role changed (token_version bumped), loses
-    its tokens once the cached record is older than `cache_seconds`."""
+    removed, or whose password or role changed (token_version bumped), or a
+    token revoked by its jti, stops working once the cached check is older
+    than `cache_seconds`. While Redis is down, a check up to `max_stale`
+    seconds old is still trusted; past that the 503 stands."""
 
     def __init__(
         self,
@@ -33,42 +50,61 @@ class TokenService:
         secret: Callable[[], str],
         *,
         cache_seconds: float = 2.0,
+        max_stale: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
         self._secret = secret
         self._cache_seconds = cache_seconds
+        self._max_stale = max_stale
         self._clock = clock
-        self._cache: dict[str, tuple[float, User | None]] = {}
+        self._cache: dict[tuple[str, str | None], tuple[float, User | None, bool]] = {}
         self._verified: dict[str, dict] = {}
 
     def issue(self, user: User, ttl: int) -> str:
+        return self.mint(user, ttl)[0]
+
+    def mint(self, user: User, ttl: int) -> tuple[str, str]:
+        """A token and its jti. Raises ValueError for a lifetime beyond MAX_TOKEN_TTL."""
+        if not 0 < ttl <= MAX_TOKEN_TTL:
+            raise ValueError(f"a token lives at most {MAX_TOKEN_TTL} s")
         now = int(self._clock())
+        jti = secrets.token_urlsafe(16)
         claims = {
             "sub": user.username,
             "role": user.role.value,
             "ver": user.token_version,
             "iat": now,
             "exp": now + ttl,
+            "jti": jti,
         }
-        return jwt.encode(claims, self._secret(), algorithm=ALGORITHM)
+        return jwt.encode(claims, self._secret(), algorithm=ALGORITHM), jti
+
+    def revoke(self, jti: str) -> None:
+        """Revoke one token by its id; the user's other tokens keep working.
+        Remembered for as long as any token can live."""
+        self._users.revoke_token(validate_jti(jti), MAX_TOKEN_TTL + CLOCK_SKEW)
 
     def verify(self, token: str) -> Claims:
         """Raises Unauthorized for a bad, expired or revoked token."""
         claims = self._verified.get(token)
         if claims is None:
             claims = self._decode(token)
-        if claims["exp"] <= self._clock():
+        now = self._clock()
+        if claims["exp"] <= now:
             raise Unauthorized("token expired")
-        user = self._user(str(claims["sub"]))
-        if user is None or user.token_version != claims.get("ver", 0):
+        if claims["iat"] > now + CLOCK_SKEW or claims["exp"] > now + MAX_TOKEN_TTL + CLOCK_SKEW:
+            raise Unauthorized("invalid token")
+        jti = claims.get("jti")
+        user, revoked = self._user(str(claims["sub"]), jti)
+        if user is None or revoked or user.token_version != claims["ver"]:
             raise Unauthorized("token revoked")
-        return Claims(user.username, user.role)
+        return Claims(user.username, user.role, jti)
 
     def _decode(self, token: str) -> dict:
         """Check the signature and claims' shape once per token: a client sends
         the same token with every request, and the check is the costliest part
-        of authenticating one. Expiry and revocation are checked every time."""
+        of authenticating one. Times and revocation are checked every time."""
         try:
             claims = jwt.decode(
                 token,
@@ -76,34 +112,51 @@ class TokenService:
                 algorithms=[ALGORITHM],  # pinned: 'none' and RS/HS confusion are refused
                 # Times are checked below against our clock, not PyJWT's wall clock.
                 options={
-                    "require": ["sub", "role", "iat", "exp"],
+                    "require": ["sub", "role", "iat", "exp", "ver"],
                     "verify_exp": False,
                     "verify_iat": False,
                 },
             )
         except jwt.InvalidTokenError:
             raise Unauthorized("invalid token") from None
-        if any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in (claims["exp"], claims["iat"])):
+        if not _well_formed(claims):
             raise Unauthorized("invalid token")
         if len(self._verified) >= MAX_VERIFIED:
             self._verified.clear()
         self._verified[token] = claims
         return claims
 
-    def _user(self, username: str) -> User | None:
+    def _user(self, username: str, jti: str | None) -> tuple[User | None, bool]:
         now = self._clock()
-        cached = self._cache.get(username)
+        cached = self._cache.get((username, jti))
         if cached and now - cached[0] < self._cache_seconds:
-            return cached[1]
+            return cached[1], cached[2]
         try:
-            user = self._users.load(username)
+            user, revoked = self._users.load_for_token(username, jti)
         except StorageUnavailable:
-            # Redis is briefly down: trust what we knew rather than lock every
-            # client out; with nothing known, the 503 stands.
-            if cached:
-                return cached[1]
+            # Redis is briefly down: trust what we knew a short while ago rather
+            # than lock every client out; with nothing recent known, the 503 stands.
+            if cached and now - cached[0] <= self._max_stale:
+                return cached[1], cached[2]
             raise
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[username] = (now, user)
-        return user
+        self._cache[(username, jti)] = (now, user, revoked)
+        return user, revoked
+
+
+def _is_int(value: object) -> bool:
+    """JSON gives floats for 1e308, NaN and Infinity, and bools are ints in Python."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _well_formed(claims: dict) -> bool:
+    """Integer times with exp within the longest lifetime nvllm mints after iat,
+    an integer version, a string subject, and a jti of our shape when present
+    (tokens from before jti existed have none)."""
+    iat, exp, ver, jti = claims["iat"], claims["exp"], claims["ver"], claims.get("jti")
+    if not (_is_int(iat) and _is_int(exp) and _is_int(ver) and isinstance(claims["sub"], str)):
+        return False
+    if not iat < exp <= iat + MAX_TOKEN_TTL:
+        return False
+    return jti is None or (isinstance(jti, str) and JTI_PATTERN.match(jti) is not None)

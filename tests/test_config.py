@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 import pytest
 
@@ -46,10 +47,14 @@ def test_defaults_are_safe():
         ({"REDIS_URL": ""}, "redis_url", None),
         ({"NVLLM_REDIS_PREFIX": "fleet-a"}, "redis_prefix", "fleet-a"),
         ({"NVLLM_REDIS_TIMEOUT": "0.5"}, "redis_timeout", 0.5),
-        ({"NVLLM_JWT_SECRET": "s3cret-s3cret-s3cret-s3cret"}, "jwt_secret", "s3cret-s3cret-s3cret-s3cret"),
+        ({"NVLLM_JWT_SECRET": "s3cret-" * 5}, "jwt_secret", "s3cret-" * 5),
         ({"NVLLM_JWT_SECRET": ""}, "jwt_secret", None),
         ({"NVLLM_TOKEN_TTL": "3600"}, "token_ttl", 3600),
-        ({"NVLLM_ADMIN_PASSWORD": "hunter2hunter2"}, "admin_password", "hunter2hunter2"),
+        ({"NVLLM_ADMIN_PASSWORD": "choose-a-long-one"}, "admin_password", "choose-a-long-one"),
+        ({"NVLLM_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7,::1"}, "trusted_proxies",
+         (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7/32"), ipaddress.ip_network("::1/128"))),
+        ({"NVLLM_TRUSTED_PROXIES": ""}, "trusted_proxies", ()),
+        ({"NVLLM_AUTH_MAX_STALE": "0"}, "auth_max_stale", 0),
         ({"NVLLM_LOGIN_MAX_FAILURES": "3"}, "login_max_failures", 3),
         ({"NVLLM_LOGIN_WINDOW": "60"}, "login_window", 60),
         ({"NVLLM_CORS_ORIGINS": "https://a.example, https://b.example,,"}, "cors_origins",
@@ -135,3 +140,31 @@ def test_every_variable_is_documented_once():
     assert len(names) == len(set(names)) == len(ENV_FIELDS)
     assert all(doc for _, _, doc in documented)
     assert all(var == "REDIS_URL" or var.startswith("NVLLM_") for var in names)
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("NVLLM_JWT_SECRET", "x"),
+        ("NVLLM_JWT_SECRET", "a" * 31),
+        ("NVLLM_ADMIN_PASSWORD", "a"),
+        ("NVLLM_ADMIN_PASSWORD", "short-pw"),
+        ("NVLLM_ADMIN_PASSWORD", "password1234"),
+        ("NVLLM_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("NVLLM_TRUSTED_PROXIES", "proxy.internal"),
+    ],
+)
+def test_weak_or_bad_security_settings_stop_nvllm(var, raw):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({var: raw})
+    assert var in str(caught.value)
+    if var != "NVLLM_TRUSTED_PROXIES" and len(raw) > 1:
+        assert raw not in str(caught.value)  # a secret is never echoed
+
+
+def test_a_secret_of_32_bytes_is_enough():
+    assert Settings.from_env({"NVLLM_JWT_SECRET": "a" * 32}).jwt_secret == "a" * 32
+
+
+def test_production_hashes_at_owasps_cost():
+    assert Settings().password_hash_n == 2**17

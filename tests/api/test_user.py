@@ -84,28 +84,43 @@ def test_login_does_not_read_the_seed_usernames_as_accounts(client):
 # --- rate limiting ---
 
 
-def test_failures_per_username_are_limited(client, token, settings):
+def test_failures_per_username_and_address_are_limited(client, token, settings, clock):
     token("user")
-    for i in range(settings.login_max_failures):
-        error_text(login(client, password="wrong-password", addr=f"10.0.0.{i}"), 401)
-    # From a fresh address, and even with the right password.
-    response = login(client, addr="10.0.1.1")
-    error_text(response, 429)
-    assert 1 <= int(response.headers["Retry-After"]) <= settings.login_window
-    # Another username is not affected.
-    ok_data(login(client, "test-user", PASSWORD, addr="10.0.1.1"))
-
-
-def test_the_user_limit_blocks_before_checking_the_password(client, settings):
-    for i in range(settings.login_max_failures):
-        login(client, password="wrong-password", addr=f"10.0.0.{i}")
-    response = login(client, password="wrong-password", addr="10.0.1.1")
+    for _ in range(settings.login_max_failures):
+        error_text(login(client, password="wrong-password", addr="10.0.0.9"), 401)
+    # From that address, even the right password waits, unchecked.
+    response = login(client, addr="10.0.0.9")
     assert "too many" in error_text(response, 429)
+    assert response.headers["Retry-After"] == "1"
+    # Another username from there is not affected, nor the user elsewhere.
+    ok_data(login(client, "test-user", PASSWORD, addr="10.0.0.9"))
+    ok_data(login(client, addr="10.0.1.1"))
+    # A back-off, not a lock: after the wait that address may try again.
+    clock.advance(1)
+    ok_data(login(client, addr="10.0.0.9"))
 
 
-def test_failures_per_address_are_limited(client, token, settings):
-    token("user")  # a second account, logged in before the failures
-    for i in range(settings.login_max_failures):
+def test_the_back_off_doubles_up_to_the_window(client, settings, clock):
+    for _ in range(settings.login_max_failures):
+        error_text(login(client, password="wrong-password", addr="10.0.0.9"), 401)
+    waits = []
+    for _ in range(12):
+        response = login(client, password="wrong-password", addr="10.0.0.9")
+        waits.append(int(response.headers["Retry-After"]))
+        clock.advance(waits[-1])
+        error_text(login(client, password="wrong-password", addr="10.0.0.9"), 401)
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+
+
+def test_hammering_does_not_lock_the_real_admin_out(client, settings):
+    for _ in range(100):
+        login(client, password="wrong-password", addr="10.0.0.66")
+    ok_data(login(client, addr="10.0.0.67"))
+
+
+def test_failures_per_address_alone_are_limited_higher(client, token, settings, clock):
+    token("user")
+    for i in range(settings.login_max_failures * 10):
         error_text(login(client, f"nobody-{i}", "wrong-password", addr="10.0.0.66"), 401)
     response = login(client, "test-user", PASSWORD, addr="10.0.0.66")
     error_text(response, 429)
@@ -113,50 +128,95 @@ def test_failures_per_address_are_limited(client, token, settings):
     ok_data(login(client, "test-user", PASSWORD, addr="10.0.0.67"))
 
 
-def test_a_success_clears_the_username_count(client, settings):
+def test_a_success_clears_the_count(client, settings):
     n = settings.login_max_failures
-    for i in range(n - 1):
-        error_text(login(client, password="wrong-password", addr=f"10.0.0.{i}"), 401)
-    ok_data(login(client, addr="10.0.1.1"))
-    for i in range(n - 1):
-        error_text(login(client, password="wrong-password", addr=f"10.0.2.{i}"), 401)
-    ok_data(login(client, addr="10.0.3.1"))
+    for _ in range(n - 1):
+        error_text(login(client, password="wrong-password", addr="10.0.0.1"), 401)
+    ok_data(login(client, addr="10.0.0.1"))
+    for _ in range(n - 1):
+        error_text(login(client, password="wrong-password", addr="10.0.0.1"), 401)
+    ok_data(login(client, addr="10.0.0.1"))
 
 
 def test_the_limit_is_configurable(settings, redis, clock):
     app = create_app(settings.replace(login_max_failures=1), redis_client=redis, clock=clock)
     client = app.test_client()
     error_text(login(client, password="wrong-password"), 401)
-    error_text(login(client, addr="10.0.0.2"), 429)
+    error_text(login(client), 429)
 
 
 def test_failure_counters_expire_with_the_window(client, redis, settings):
     login(client, password="wrong-password", addr="10.0.0.5")
     counters = [k for k in redis.keys("*") if "login_failures" in k]
-    assert len(counters) == 2  # one per username, one per address
+    assert len(counters) == 3  # per (username, address), per username, per address
     for key in counters:
         assert 0 < redis.ttl(key) <= settings.login_window
+
+
+# --- the client address behind a reverse proxy ---
+
+
+def test_x_forwarded_for_is_ignored_by_default(client, settings):
+    for i in range(settings.login_max_failures):
+        headers = {"X-Forwarded-For": f"203.0.113.{i}"}
+        response = client.post(LOGIN, json={"username": "admin", "password": "wrong-password"},
+                               headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+        error_text(response, 401)
+    # A forged header does not get a fresh count: the peer is what counts.
+    response = client.post(LOGIN, json={"username": "admin", "password": ADMIN_PASSWORD},
+                           headers={"X-Forwarded-For": "203.0.113.99"}, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    error_text(response, 429)
+
+
+def test_a_trusted_proxy_gives_each_client_its_own_count(settings, redis, clock):
+    import ipaddress
+
+    trusted = settings.replace(trusted_proxies=(ipaddress.ip_network("10.0.0.0/24"),))
+    client = create_app(trusted, redis_client=redis, clock=clock).test_client()
+
+    def via_proxy(password, forwarded):
+        return client.post(LOGIN, json={"username": "admin", "password": password},
+                           headers={"X-Forwarded-For": forwarded}, environ_base={"REMOTE_ADDR": "10.0.0.2"})
+
+    for _ in range(settings.login_max_failures):
+        error_text(via_proxy("wrong-password", "198.51.100.7"), 401)
+    error_text(via_proxy(ADMIN_PASSWORD, "198.51.100.7"), 429)
+    # Another client behind the same proxy is not locked out, and a client
+    # cannot pick its own address by prepending one.
+    ok_data(via_proxy(ADMIN_PASSWORD, "198.51.100.8"))
+    error_text(via_proxy(ADMIN_PASSWORD, "192.0.2.1, 198.51.100.7"), 429)
 
 
 # --- bootstrap admin ---
 
 
-def test_no_admin_password_prints_one_once(settings, server, clock, capsys, caplog):
-    settings = settings.replace(admin_password=None)
+def test_no_admin_password_writes_one_to_a_private_file(settings, server, clock, capsys, caplog, tmp_path):
+    data_dir = tmp_path / "data"
+    settings = settings.replace(admin_password=None, data_dir=str(data_dir))
     client = fakeredis.FakeRedis(server=server, decode_responses=True)
     app = create_app(settings, redis_client=client, clock=clock)
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if "password" in line]
-    assert len(lines) >= 1
-    password = lines[0].split("password", 1)[1].split()[0]
+    path = data_dir / "admin-password"
+    password = path.read_text().strip()
     assert len(password) >= 16
+    assert path.stat().st_mode & 0o777 == 0o600
+    out = capsys.readouterr().out
+    assert str(path) in out
+    assert password not in out and password not in caplog.text  # neither console nor log
     ok_data(login(app.test_client(), password=password))
-    assert password not in caplog.text  # the console, never the log
 
     again = create_app(settings, redis_client=client, clock=clock)
-    assert password not in capsys.readouterr().out
     assert capsys.readouterr().out == ""
+    assert path.read_text().strip() == password
     ok_data(login(again.test_client(), password=password))
+
+
+def test_a_password_file_left_readable_is_narrowed(settings, redis, clock, tmp_path):
+    path = tmp_path / "admin-password"
+    path.write_text("old")
+    path.chmod(0o644)
+    create_app(settings.replace(admin_password=None, data_dir=str(tmp_path)), redis_client=redis, clock=clock)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text().strip() != "old"
 
 
 def test_with_an_admin_password_nothing_is_printed(settings, redis, clock, capsys):
@@ -171,10 +231,11 @@ def test_bootstrap_runs_only_with_no_users(app, settings, redis, clock):
     ok_data(login(other.test_client()))
 
 
-def test_bootstrap_with_redis_down_starts_and_skips(settings, server, clock, capsys):
+def test_bootstrap_with_redis_down_starts_and_skips(settings, server, clock, capsys, tmp_path):
     server.connected = False
     client = fakeredis.FakeRedis(server=server, decode_responses=True)
-    app = create_app(settings.replace(admin_password=None), redis_client=client, clock=clock)
+    settings = settings.replace(admin_password=None, data_dir=str(tmp_path))
+    app = create_app(settings, redis_client=client, clock=clock)
     assert capsys.readouterr().out == ""
     error_text(login(app.test_client()), 503)
 
@@ -250,6 +311,8 @@ def test_a_taken_username_is_409(client, auth_headers):
     ("body", "field"),
     [
         ({"username": "ops-1", "password": "short"}, "password"),
+        ({"username": "ops-1", "password": "eleven-char"}, "password"),
+        ({"username": "ops-1", "password": "password1234"}, "password"),
         ({"username": "ops-1", "password": PASSWORD, "role": "root"}, "role"),
         ({"username": "ops:1", "password": PASSWORD}, "username"),
         ({"username": "ops-1", "password": PASSWORD, "extra": 1}, "extra"),
@@ -280,6 +343,7 @@ def test_minted_tokens_last_as_asked(client, auth_headers, token, clock):
     token("worker")
     data = ok_data(client.post("/api/user/token/test-worker", json={"ttl": 30 * 86400}, headers=admin))
     assert data["expires_in"] == 30 * 86400 and data["role"] == "worker"
+    assert len(data["jti"]) >= 16
     headers = {"Authorization": f"Bearer {data['token']}"}
     clock.advance(29 * 86400)
     ok_data(client.post("/api/node/node/register", json={}, headers=headers))
@@ -292,6 +356,29 @@ def test_bad_mint_bodies_are_400(client, auth_headers, token, body):
     token("worker")
     response = client.post("/api/user/token/test-worker", json=body, headers=auth_headers("admin"))
     error_text(response, 400)
+
+
+def test_an_admin_revokes_one_token_and_the_others_keep_working(client, auth_headers, token, clock):
+    admin = auth_headers("admin")
+    token("worker")
+    minted = [ok_data(client.post("/api/user/token/test-worker", json={}, headers=admin)) for _ in range(2)]
+    first, second = ({"Authorization": f"Bearer {m['token']}"} for m in minted)
+    ok_data(client.get(ROUTE, headers=first))
+    data = ok_data(client.delete(f"/api/user/token/{minted[0]['jti']}", headers=admin))
+    assert data == {"jti": minted[0]["jti"], "revoked": True}
+    clock.advance(2.1)  # past the per-instance cache
+    assert "revoked" in error_text(client.get(ROUTE, headers=first), 401)
+    ok_data(client.get(ROUTE, headers=second))
+    ok_data(client.get(ROUTE, headers=auth_headers("worker")))  # its login token too
+
+
+@pytest.mark.parametrize("role", ["worker", "user"])
+def test_only_an_admin_revokes_tokens(client, auth_headers, role):
+    error_text(client.delete("/api/user/token/a-jti-of-the-right-shape", headers=auth_headers(role)), 403)
+
+
+def test_a_malformed_jti_is_400(client, auth_headers):
+    assert error_text(client.delete("/api/user/token/short", headers=auth_headers("admin")), 400).startswith("jti:")
 
 
 def test_minting_for_an_unknown_user_is_404(client, auth_headers):
@@ -314,3 +401,21 @@ def test_an_unknown_username_costs_the_same_hashing_as_a_wrong_password(client, 
     error_text(login(client, "admin", "wrong-password"), 401)
     error_text(login(client, "nobody", "wrong-password", addr="10.0.0.2"), 401)
     assert costs == [settings.password_hash_n] * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("60", 60), ("90m", 5400), ("365d", 365 * 86400), ("3650d", 3650 * 86400)]
+)
+def test_the_command_lines_token_lifetimes(text, seconds):
+    from main import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["59", "3651d", "forever", "", "1e9"])
+def test_the_command_line_mints_no_longer_than_nvllm_accepts(text):
+    from config import SettingsError
+    from main import parse_duration
+
+    with pytest.raises(SettingsError, match="--ttl"):
+        parse_duration(text)

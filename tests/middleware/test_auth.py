@@ -116,7 +116,7 @@ def test_the_right_secret_and_claims_are_accepted(client, claims, secret):
     ok_data(client.get(ROUTE, headers={"Authorization": f"Bearer {good}"}))
 
 
-@pytest.mark.parametrize("missing", ["sub", "role", "iat", "exp"])
+@pytest.mark.parametrize("missing", ["sub", "role", "iat", "exp", "ver"])
 def test_missing_claims_are_401(client, claims, secret, missing):
     del claims[missing]
     forged = jwt.encode(claims, secret, algorithm="HS256")
@@ -132,11 +132,23 @@ def test_missing_claims_are_401(client, claims, secret, missing):
         {"sub": "nobody"},
         {"ver": 0},
         {"ver": None},
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": 1e308},
+        {"exp": 2**40},
+        {"iat": 2**40 - 60, "exp": 2**40},
+        {"jti": "not a jti"},
     ],
     ids=lambda v: repr(v),
 )
 def test_wrong_claims_with_the_right_secret_are_401(client, claims, secret, changes):
     forged = jwt.encode({**claims, **changes}, secret, algorithm="HS256")
+    assert_401(client.get(ROUTE, headers={"Authorization": f"Bearer {forged}"}))
+
+
+def test_a_token_issued_in_the_future_is_401(client, claims, secret, clock):
+    now = int(clock())
+    forged = jwt.encode({**claims, "iat": now + 3600, "exp": now + 7200}, secret, algorithm="HS256")
     assert_401(client.get(ROUTE, headers={"Authorization": f"Bearer {forged}"}))
 
 

@@ -6,9 +6,13 @@ import pytest
 
 from model.errors import ValidationError
 from model.user import (
+    HASH_N,
     Role,
     User,
+    common_passwords,
     hash_password,
+    needs_rehash,
+    password_problem,
     validate_password,
     validate_role,
     validate_username,
@@ -53,11 +57,61 @@ def test_bad_usernames(bad):
 
 
 def test_password_rules():
-    assert validate_password("12345678") == "12345678"
+    assert validate_password("a-long-password") == "a-long-password"
     assert validate_password("short", for_new=False) == "short"
-    for bad in ("", None, 12345678, "short", "x" * 1025):
+    for bad in ("", None, 12345678, "short", "x" * 1025, "eleven-char"):
         with pytest.raises(ValidationError):
             validate_password(bad)
+
+
+# The README's and the tests' own examples must stay valid.
+@pytest.mark.parametrize(
+    "good",
+    ["choose-a-long-one", "a-long-password", "another-long-one", "password-for-tests",
+     "admin-password-for-tests", "integration-admin-password", "alice-password-1", "x7#Lq9!vR2@m"],
+)
+def test_reasonable_passwords_pass(good):
+    assert password_problem(good) is None
+    assert validate_password(good) == good
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "12345678",  # the old minimum of 8 let this in
+        "password1234", "qwerty123456", "1q2w3e4r5t6y",  # common, 12+ characters
+        "PASSWORD1234!", "dragon123456", "iloveyou2024!",  # a common word and filler
+        "passwordpassword", "hunter2hunter2",  # a common word repeated
+        "aaaaaaaaaaaa", "abababababab",  # too few different characters
+        "123456789012345",  # digits only
+    ],
+)
+def test_weak_passwords_are_refused(weak):
+    assert password_problem(weak)
+    with pytest.raises(ValidationError) as caught:
+        validate_password(weak)
+    assert caught.value.field == "password"
+
+
+def test_the_common_password_list_ships():
+    common = common_passwords()
+    assert len(common) > 10_000
+    assert {"password", "123456", "qwerty", "letmein"} <= common
+
+
+def test_new_hashes_cost_what_owasp_asks():
+    assert HASH_N == 2**17
+    stored = hash_password("a-long-password")
+    assert stored.startswith("scrypt$131072$8$1$")
+    assert verify_password("a-long-password", stored)
+    assert not needs_rehash(stored)
+
+
+def test_cheaper_or_foreign_hashes_need_a_rehash():
+    assert needs_rehash(hash_password("pw", n=2**15))
+    assert not needs_rehash(hash_password("pw", n=2**4), n=2**4)
+    for stored in ("", "bcrypt$x", "scrypt$a$b$c$d$e"):
+        assert needs_rehash(stored)
 
 
 def test_roles():

@@ -7,9 +7,9 @@ import pytest
 
 from dao.keys import Keys
 from dao.user import UserStore
-from model.errors import StorageUnavailable, Unauthorized
+from model.errors import StorageUnavailable, Unauthorized, ValidationError
 from model.user import Role, User
-from service.token import TokenService
+from service.token import MAX_TOKEN_TTL, TokenService
 
 NOW = 1704067200.0
 SECRET = "a-secret-for-tests-that-is-long-enough"
@@ -35,7 +35,9 @@ def ops(store, clock) -> User:
 def test_issue_and_verify(tokens, ops, clock):
     token = tokens.issue(ops, 3600)
     claims = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+    jti = claims.pop("jti")
     assert claims == {"sub": "ops", "role": "worker", "ver": 0, "iat": int(NOW), "exp": int(NOW) + 3600}
+    assert len(jti) >= 16
     verified = tokens.verify(token)
     assert (verified.username, verified.role) == ("ops", Role.WORKER)
 
@@ -66,6 +68,91 @@ def test_a_cached_user_carries_over_a_redis_outage(tokens, ops, server, clock):
     server.connected = False
     clock.advance(10)
     assert tokens.verify(token).username == "ops"
+
+
+def test_a_cached_user_is_trusted_only_so_long_in_an_outage(store, ops, server, clock):
+    tokens = TokenService(store, lambda: SECRET, max_stale=60, clock=clock)
+    token = tokens.issue(ops, 3600)
+    tokens.verify(token)
+    server.connected = False
+    clock.advance(60)
+    assert tokens.verify(token).username == "ops"
+    clock.advance(0.5)
+    with pytest.raises(StorageUnavailable):
+        tokens.verify(token)
+    server.connected = True
+    assert tokens.verify(token).username == "ops"
+
+
+def test_every_token_has_its_own_jti_and_can_be_revoked_alone(tokens, ops, clock):
+    (first, first_jti), (second, second_jti) = tokens.mint(ops, 3600), tokens.mint(ops, 3600)
+    assert first_jti != second_jti
+    assert tokens.verify(first).jti == first_jti
+    tokens.revoke(first_jti)
+    clock.advance(2.01)  # past the per-instance cache
+    with pytest.raises(Unauthorized, match="revoked"):
+        tokens.verify(first)
+    assert tokens.verify(second).username == "ops"
+
+
+@pytest.mark.parametrize("jti", ["", "short", "a" * 65, "has space in it!", None, 7])
+def test_a_bad_jti_cannot_be_revoked(tokens, jti):
+    with pytest.raises(ValidationError):
+        tokens.revoke(jti)
+
+
+def test_no_token_outlives_the_longest_lifetime(tokens, ops):
+    tokens.issue(ops, MAX_TOKEN_TTL)
+    with pytest.raises(ValueError):
+        tokens.issue(ops, MAX_TOKEN_TTL + 1)
+
+
+def forged(ops, clock, **changes) -> str:
+    now = int(clock())
+    claims = {"sub": "ops", "role": "worker", "ver": ops.token_version, "iat": now, "exp": now + 60,
+              "jti": "a-jti-of-our-own-shape"}
+    claims.update(changes)
+    claims = {k: v for k, v in claims.items() if v is not DROP}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = _Drop()  # a claim left out
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": 1e308},
+        {"exp": NOW + 60.0},  # a float, not an integer
+        {"exp": int(NOW) + MAX_TOKEN_TTL + 10},  # longer than nvllm mints
+        {"iat": int(NOW) + 3600, "exp": int(NOW) + 7200},  # issued in the future
+        {"iat": 0, "exp": 2**40},  # exp far past iat + the longest lifetime
+        {"iat": float("nan")},
+        {"ver": DROP},
+        {"ver": "0"},
+        {"ver": True},
+        {"sub": 7},
+        {"jti": "x"},
+        {"jti": 12},
+    ],
+    ids=repr,
+)
+def test_lax_claims_are_refused(tokens, ops, clock, changes):
+    with pytest.raises(Unauthorized):
+        tokens.verify(forged(ops, clock, **changes))
+
+
+def test_well_formed_claims_pass(tokens, ops, clock):
+    assert tokens.verify(forged(ops, clock)).username == "ops"
+    assert tokens.verify(forged(ops, clock, iat=int(clock()) + 3)).username == "ops"  # clock skew
+    assert tokens.verify(forged(ops, clock, jti=DROP)).jti is None  # minted before jti existed
 
 
 def test_an_unknown_user_during_an_outage_is_503(tokens, ops, server):
