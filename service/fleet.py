@@ -22,6 +22,7 @@ from dao.inflight import InflightStore
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
 from model.node import Node
+from service.netpolicy import NetworkPolicy
 
 log = logging.getLogger("nvllm.fleet")
 
@@ -127,6 +128,10 @@ class NodeState:
     ttft_error: float = 0.0
     ttft_error_at: float = 0.0
     breaker: Breaker = field(default_factory=Breaker)
+    # False when the node's address is an IP (or name) nvllm may never
+    # connect to: such a node is not routable. Names are checked again, with
+    # DNS, at every connection.
+    address_ok: bool = True
 
     @property
     def node_id(self) -> str:
@@ -263,6 +268,7 @@ class Fleet:
         eject_after: int = 3,
         clock: Callable[[], float] = time.time,
         health_check: Callable[[Node], bool] | None = None,
+        netpolicy: NetworkPolicy | None = None,
     ) -> None:
         self.instance_id = uuid.uuid4().hex[:12]
         self._nodes = nodes
@@ -271,6 +277,8 @@ class Fleet:
         self._eject_after = eject_after
         self._clock = clock
         self._health_check = health_check
+        # Default: what nvllm allows when it listens on loopback.
+        self.netpolicy = netpolicy or NetworkPolicy.from_settings(None, None, "127.0.0.1")
         self._states: dict[str, NodeState] = {}
         self._lock = threading.Lock()
         self._refreshed_at = 0.0
@@ -296,7 +304,7 @@ class Fleet:
         return [
             s
             for s in self.states()
-            if s.node.routable(as_of) and s.breaker.allows(now)
+            if s.node.routable(as_of) and s.address_ok and s.breaker.allows(now)
         ]
 
     def known(self) -> list[NodeState]:
@@ -410,6 +418,7 @@ class Fleet:
                 else:
                     state.node = node
                 state.remote_inflight = remote.get(node.node_id, 0)
+                state.address_ok = self.netpolicy.allows_literal(node)
                 fresh[node.node_id] = state
             # A node deleted while requests are in flight stays until they end,
             # so their release is not lost.
