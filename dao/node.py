@@ -107,6 +107,31 @@ class NodeStore:
         return [Node.from_redis(m) for m in pipe.execute() if m]
 
     @storage_errors
+    def load_changed(self, known: dict[str, str]) -> tuple[list[str], dict[str, tuple[str, Node]]]:
+        """Every indexed node id, and (rev, node) for those whose `rev` is not
+        the one in `known` (id -> rev): one small HGET per node, and HGETALL
+        only for what changed, so an idle fleet costs little to refresh. A node
+        without `rev` (written by an older nvllm) is read every time."""
+        ids = self.client.zrange(self.keys.nodes_by_expiry(), 0, -1)
+        if not ids:
+            return [], {}
+        pipe = self.client.pipeline(transaction=False)
+        for node_id in ids:
+            pipe.hget(self.keys.node(node_id), "rev")
+        stale = [(i, rev) for i, rev in zip(ids, pipe.execute(), strict=True) if rev is None or known.get(i) != rev]
+        if not stale:
+            return ids, {}
+        pipe = self.client.pipeline(transaction=False)
+        for node_id, _ in stale:
+            pipe.hgetall(self.keys.node(node_id))
+        # A write between the two reads leaves the older rev beside newer
+        # fields: the next refresh reads the node again, never the reverse.
+        return ids, {
+            node_id: (rev or "", Node.from_redis(m))
+            for (node_id, rev), m in zip(stale, pipe.execute(), strict=True) if m
+        }
+
+    @storage_errors
     def delete(self, node_id: str, *, actor: Actor = SYSTEM) -> bool:
         """Remove the node and its index entries atomically, if `actor` may.
         False when there was none; raises NodeForbidden for another account's."""

@@ -7,9 +7,10 @@
 -- ARGV: node_id, expires_at, actor ('' = nvllm itself), admin ('1'/'0'),
 --       most nodes, most nodes per account, field, value, ...
 -- Returns {'ok', field, value, ...}, {'forbidden'}, {'full'} or {'account_full'}.
+-- `rev` counts the node's writes, so a fleet refresh reads only what changed.
 local actor, admin = ARGV[3], ARGV[4] == '1'
 local exists = redis.call('EXISTS', KEYS[1]) == 1
-local old = redis.call('HMGET', KEYS[1], 'create_time', 'owner', 'probe_failing')
+local old = redis.call('HMGET', KEYS[1], 'create_time', 'owner', 'probe_failing', 'rev')
 local owner = actor
 if exists then
   owner = old[2] or ''
@@ -33,7 +34,7 @@ else
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('HSET', KEYS[1], 'owner', owner)
+redis.call('HSET', KEYS[1], 'owner', owner, 'rev', (tonumber(old[4]) or 0) + 1)
 if old[1] then
   redis.call('HSET', KEYS[1], 'create_time', old[1])
 end

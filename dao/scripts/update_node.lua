@@ -19,6 +19,7 @@ if #ARGV > 4 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 end
 redis.call('HSET', KEYS[1], 'update_time', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout')) or 60
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + timeout, ARGV[1])
 return redis.call('HGETALL', KEYS[1])
