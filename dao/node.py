@@ -31,7 +31,7 @@ class NodeStore:
         probe_failing. A new node is owned by `actor`. Raises NodeForbidden
         for another account's node, NodeLimitReached past a cap."""
         args: list[str | float | int] = [
-            node.node_id, node.expires_at, actor.name, _flag(actor.admin), limits.total, limits.per_account,
+            node.node_id, node.expires_at, actor.name, _redis_bool(actor.admin), limits.total, limits.per_account,
         ]
         for item in node.to_redis().items():
             args.extend(item)
@@ -62,7 +62,7 @@ class NodeStore:
         refresh update_time, only if the node exists and `actor` may change it
         (both checked inside Redis). None when it does not exist; raises
         NodeForbidden for another account's node."""
-        args: list[str | float] = [node_id, repr(now), actor.name, _flag(actor.admin)]
+        args: list[str | float] = [node_id, repr(now), actor.name, _redis_bool(actor.admin)]
         for item in {**changes_to_redis(changes), **(fields or {})}.items():
             args.extend(item)
         flat = self._update(keys=[self.keys.node(node_id), self.keys.nodes_by_expiry()], args=args)
@@ -135,7 +135,7 @@ class NodeStore:
     def delete(self, node_id: str, *, actor: Actor = SYSTEM) -> bool:
         """Remove the node and its index entries atomically, if `actor` may.
         False when there was none; raises NodeForbidden for another account's."""
-        deleted = self._delete(keys=self._node_keys(node_id), args=[node_id, actor.name, _flag(actor.admin)])
+        deleted = self._delete(keys=self._node_keys(node_id), args=[node_id, actor.name, _redis_bool(actor.admin)])
         if deleted == -1:
             raise NodeForbidden(node_id)
         return bool(deleted)
@@ -156,5 +156,5 @@ class NodeStore:
         return [self.keys.node(node_id), self.keys.nodes_by_expiry(), self.keys.node_owners()]
 
 
-def _flag(value: bool) -> str:
+def _redis_bool(value: bool) -> str:
     return "1" if value else "0"
