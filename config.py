@@ -98,6 +98,19 @@ def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IP
         raise SettingsError(f"{name} must be comma-separated addresses or CIDRs, got {raw!r}") from None
 
 
+def _node_networks(name: str, raw: str) -> tuple[str, ...] | None:
+    """Comma-separated CIDRs (a bare address is a /32 or /128); empty = nvllm's default."""
+    parts = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for part in parts:
+        try:
+            ipaddress.ip_network(part)
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be comma-separated networks like 10.0.0.0/8 (no host bits set), got {part!r}"
+            ) from None
+    return parts or None
+
+
 def _env(var: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
     return field(default=default, metadata={"env": var, "parse": parse, "doc": doc})
 
@@ -154,6 +167,18 @@ class Settings:
 
     node_retention: int = _env(
         "NVLLM_NODE_RETENTION", _int(0, 365 * 86400), 3600, "how long expired nodes stay, s"
+    )
+    allowed_networks: tuple[str, ...] | None = _env(
+        "NVLLM_ALLOWED_NETWORKS", _node_networks, None,
+        "CIDRs node addresses may be in; unset = private ranges, plus loopback while NVLLM_HOST is loopback",
+    )
+    upstream_key_networks: tuple[str, ...] | None = _env(
+        "NVLLM_UPSTREAM_KEY_NETWORKS", _node_networks, None,
+        "CIDRs of nodes that get NVLLM_UPSTREAM_API_KEY; unset = the allowed networks",
+    )
+    max_nodes: int = _env("NVLLM_MAX_NODES", _int(1, 100_000), 1024, "most nodes registered at once")
+    max_nodes_per_account: int = _env(
+        "NVLLM_MAX_NODES_PER_ACCOUNT", _int(1, 100_000), 256, "most nodes one account may have registered"
     )
 
     routing: str = _env(

@@ -61,7 +61,8 @@ def start_background(app: Flask, settings: Settings) -> None:
     app.extensions["nvllm.proxy"].fleet.start()
     if settings.probe_interval > 0:
         stores = app.extensions["nvllm"]
-        prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock)
+        prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock,
+                        netpolicy=app.extensions["nvllm.netpolicy"])
         app.extensions["nvllm.prober"] = prober
         prober.start()
 
@@ -73,13 +74,20 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     from service.balancer import make_policy
     from service.fleet import Fleet
     from service.metrics import BalancerMetrics
+    from service.netpolicy import NetworkPolicy
     from service.proxy import Proxy, UpstreamConfig
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
+    netpolicy = NetworkPolicy.from_settings(
+        settings.allowed_networks, settings.upstream_key_networks, settings.host
+    )
+    app.extensions["nvllm.netpolicy"] = netpolicy
 
     def healthy(node) -> bool:
         try:
-            answer = http.request("GET", node.url + "/health", timeout=1.0, retries=False)
+            # The address is checked, as for every connection to a node.
+            url = netpolicy.target(node).base_url
+            answer = http.request("GET", url + "/health", timeout=1.0, retries=False)
         except (urllib3.exceptions.HTTPError, OSError):
             return False
         return answer.status == 200
@@ -91,6 +99,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         eject_after=settings.eject_after,
         clock=stores.clock,
         health_check=healthy,
+        netpolicy=netpolicy,
     )
     options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
     config = UpstreamConfig(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from api import json_body, ok
 from middleware.auth import require_role
 from middleware.redis_client import get_stores
+from model.node import Actor, NodeLimits
+from model.user import Role
 from service import node as nodes
 from service.balancer import RouteRequest
+from service.netpolicy import NetworkPolicy
 
 bp = Blueprint("node", __name__, url_prefix="/api/node/node")
 
@@ -21,10 +24,31 @@ def _retention() -> int:
     return current_app.config["NVLLM"].node_retention
 
 
+def _actor() -> Actor:
+    return Actor(g.user.username, admin=g.user.role is Role.ADMIN)
+
+
+def _netpolicy() -> NetworkPolicy:
+    return current_app.extensions["nvllm.netpolicy"]
+
+
+def _limits() -> NodeLimits:
+    settings = current_app.config["NVLLM"]
+    return NodeLimits(settings.max_nodes, settings.max_nodes_per_account)
+
+
+def _sees_addresses() -> bool:
+    """Addresses and ports are for the roles that run nodes, not for users."""
+    return g.user.role in (Role.ADMIN, Role.WORKER)
+
+
 @bp.post("/register")
 @require_role("worker")
 def register() -> Response:
-    node = nodes.register(get_stores().nodes, json_body(), now=_now(), retention=_retention())
+    node = nodes.register(
+        get_stores().nodes, json_body(), now=_now(), actor=_actor(), netpolicy=_netpolicy(),
+        limits=_limits(), retention=_retention(),
+    )
     return ok(node.to_dict(_now()))
 
 
@@ -32,14 +56,17 @@ def register() -> Response:
 @require_role("worker")
 def update(node_id: str) -> Response:
     now = _now()
-    node = nodes.update(get_stores().nodes, node_id, json_body(), now=now, retention=_retention())
+    node = nodes.update(
+        get_stores().nodes, node_id, json_body(), now=now, actor=_actor(), netpolicy=_netpolicy(),
+        retention=_retention(),
+    )
     return ok(node.to_dict(now))
 
 
 @bp.delete("/delete/<node_id>")
 @require_role("worker")
 def delete(node_id: str) -> Response:
-    nodes.delete(get_stores().nodes, node_id)
+    nodes.delete(get_stores().nodes, node_id, actor=_actor())
     return ok({"node_id": node_id, "deleted": True})
 
 
@@ -48,7 +75,7 @@ def delete(node_id: str) -> Response:
 def get_node(node_id: str) -> Response:
     now = _now()
     node = nodes.get(get_stores().nodes, node_id, now=now, retention=_retention())
-    return ok(node.to_dict(now))
+    return ok(node.to_dict(now, include_address=_sees_addresses()))
 
 
 @bp.get("/status/<node_id>")
@@ -57,7 +84,8 @@ def status(node_id: str) -> Response:
     stores = get_stores()
     failing = current_app.extensions["nvllm.proxy"].fleet.is_failing(node_id)
     data = nodes.status(
-        stores.nodes, stores.inflight, node_id, now=_now(), retention=_retention(), failing=failing
+        stores.nodes, stores.inflight, node_id, now=_now(), retention=_retention(), failing=failing,
+        include_address=_sees_addresses(), include_owner=g.user.role is Role.ADMIN,
     )
     return ok(data)
 
@@ -68,8 +96,9 @@ def select() -> Response:
     """The node the balancer would pick now for ?model= (503 when none)."""
     proxy = current_app.extensions["nvllm.proxy"]
     decision = proxy.select(RouteRequest(model=request.args.get("model") or None))
-    data = decision.state.node.to_dict(_now())
-    data["url"] = decision.state.node.url
+    data = decision.state.node.to_dict(_now(), include_address=_sees_addresses())
+    if _sees_addresses():
+        data["url"] = decision.state.node.url
     data["reason"] = decision.reason
     return ok(data)
 
@@ -86,4 +115,5 @@ def all_nodes() -> Response:
         model=request.args.get("model") or None,
         node_type=request.args.get("type") or None,
     )
-    return ok([n.to_dict(now) for n in found])
+    addresses = _sees_addresses()
+    return ok([n.to_dict(now, include_address=addresses) for n in found])

@@ -24,6 +24,12 @@ class Keys:
         """Sorted set: node_id scored by update_time + timeout (epoch seconds)."""
         return self._key("nodes")
 
+    def node_owners(self) -> str:
+        """Hash: node_id -> the account that created it (counts nodes per
+        account for NVLLM_MAX_NODES_PER_ACCOUNT; the node hash's `owner` field
+        is what authorizes)."""
+        return self._key("node_owners")
+
     def inflight_lease(self, instance_id: str) -> str:
         """Hash with TTL: node_id -> requests this balancer instance has in flight
         to it; expires with the instance's lease (dao/inflight.py)."""

@@ -7,7 +7,12 @@ import redis
 from dao.errors import storage_errors
 from dao.keys import Keys
 from dao.lua import pairs_to_dict, register
-from model.node import Node, changes_to_redis
+from model.errors import NodeForbidden, NodeLimitReached
+from model.node import Actor, Node, NodeLimits, changes_to_redis
+
+# nvllm's own writes (the poller, tests, tools): no owner check.
+SYSTEM = Actor("", admin=True)
+UNLIMITED = NodeLimits(2**53, 2**53)
 
 
 class NodeStore:
@@ -16,37 +21,60 @@ class NodeStore:
         self.keys = keys
         self._register = register(client, "register_node")
         self._update = register(client, "update_node")
+        self._delete = register(client, "delete_node")
         self._purge = register(client, "purge_node")
         self._flag = register(client, "flag_node")
 
     @storage_errors
-    def save(self, node: Node) -> Node:
-        """Upsert atomically; an existing node keeps its create_time."""
-        args: list[str | float] = [node.node_id, node.expires_at]
+    def save(self, node: Node, *, actor: Actor = SYSTEM, limits: NodeLimits = UNLIMITED) -> Node:
+        """Upsert atomically; an existing node keeps its create_time, owner and
+        probe_failing. A new node is owned by `actor`. Raises NodeForbidden
+        for another account's node, NodeLimitReached past a cap."""
+        args: list[str | float | int] = [
+            node.node_id, node.expires_at, actor.name, _redis_bool(actor.admin), limits.total, limits.per_account,
+        ]
         for item in node.to_redis().items():
             args.extend(item)
-        flat = self._register(keys=[self.keys.node(node.node_id), self.keys.nodes_by_expiry()], args=args)
-        return Node.from_redis(pairs_to_dict(flat) or {})
+        keys = [self.keys.node(node.node_id), self.keys.nodes_by_expiry(), self.keys.node_owners()]
+        reply = self._register(keys=keys, args=args)
+        if reply[0] == "forbidden":
+            raise NodeForbidden(node.node_id)
+        if reply[0] == "full":
+            raise NodeLimitReached(f"node limit reached: {limits.total} nodes are registered (NVLLM_MAX_NODES)")
+        if reply[0] == "account_full":
+            raise NodeLimitReached(
+                f"node limit reached: account {actor.name!r} has {limits.per_account} nodes "
+                "(NVLLM_MAX_NODES_PER_ACCOUNT)"
+            )
+        return Node.from_redis(pairs_to_dict(reply[1:]) or {})
 
     @storage_errors
     def update(
-        self, node_id: str, changes: dict, now: float, *, fields: dict[str, str] | None = None
+        self,
+        node_id: str,
+        changes: dict,
+        now: float,
+        *,
+        fields: dict[str, str] | None = None,
+        actor: Actor = SYSTEM,
     ) -> Node | None:
         """Apply validated changes (plus raw hash `fields` nvllm sets itself) and
-        refresh update_time, only if the node exists (checked inside Redis).
-        None when it does not."""
-        args: list[str | float] = [node_id, repr(now)]
+        refresh update_time, only if the node exists and `actor` may change it
+        (both checked inside Redis). None when it does not exist; raises
+        NodeForbidden for another account's node."""
+        args: list[str | float] = [node_id, repr(now), actor.name, _redis_bool(actor.admin)]
         for item in {**changes_to_redis(changes), **(fields or {})}.items():
             args.extend(item)
         flat = self._update(keys=[self.keys.node(node_id), self.keys.nodes_by_expiry()], args=args)
+        if flat == -1:
+            raise NodeForbidden(node_id)
         mapping = pairs_to_dict(flat)
         return Node.from_redis(mapping) if mapping else None
 
     @storage_errors
     def purge(self, node_id: str, cutoff: float) -> None:
         """Forget this node if its expiry is before `cutoff` (atomic)."""
-        keys = [self.keys.node(node_id), self.keys.nodes_by_expiry()]
-        self._purge(keys=keys, args=[node_id, cutoff])
+        self._purge(keys=self._node_keys(node_id), args=[node_id, cutoff])
 
     @storage_errors
     def flag(self, node_id: str, fields: dict[str, str]) -> bool:
@@ -79,12 +107,37 @@ class NodeStore:
         return [Node.from_redis(m) for m in pipe.execute() if m]
 
     @storage_errors
-    def delete(self, node_id: str) -> bool:
-        """Remove the node and its index entry in one MULTI."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.node(node_id))
-        pipe.zrem(self.keys.nodes_by_expiry(), node_id)
-        deleted, _ = pipe.execute()
+    def load_changed(self, known: dict[str, str]) -> tuple[list[str], dict[str, tuple[str, Node]]]:
+        """Every indexed node id, and (rev, node) for those whose `rev` is not
+        the one in `known` (id -> rev): one small HGET per node, and HGETALL
+        only for what changed, so an idle fleet costs little to refresh. A node
+        without `rev` (written by an older nvllm) is read every time."""
+        ids = self.client.zrange(self.keys.nodes_by_expiry(), 0, -1)
+        if not ids:
+            return [], {}
+        pipe = self.client.pipeline(transaction=False)
+        for node_id in ids:
+            pipe.hget(self.keys.node(node_id), "rev")
+        stale = [(i, rev) for i, rev in zip(ids, pipe.execute(), strict=True) if rev is None or known.get(i) != rev]
+        if not stale:
+            return ids, {}
+        pipe = self.client.pipeline(transaction=False)
+        for node_id, _ in stale:
+            pipe.hgetall(self.keys.node(node_id))
+        # A write between the two reads leaves the older rev beside newer
+        # fields: the next refresh reads the node again, never the reverse.
+        return ids, {
+            node_id: (rev or "", Node.from_redis(m))
+            for (node_id, rev), m in zip(stale, pipe.execute(), strict=True) if m
+        }
+
+    @storage_errors
+    def delete(self, node_id: str, *, actor: Actor = SYSTEM) -> bool:
+        """Remove the node and its index entries atomically, if `actor` may.
+        False when there was none; raises NodeForbidden for another account's."""
+        deleted = self._delete(keys=self._node_keys(node_id), args=[node_id, actor.name, _redis_bool(actor.admin)])
+        if deleted == -1:
+            raise NodeForbidden(node_id)
         return bool(deleted)
 
     @storage_errors
@@ -95,7 +148,13 @@ class NodeStore:
         index = self.keys.nodes_by_expiry()
         purged = []
         for node_id in self.client.zrangebyscore(index, "-inf", f"({cutoff!r}"):
-            keys = [self.keys.node(node_id), index]
-            if self._purge(keys=keys, args=[node_id, cutoff]):
+            if self._purge(keys=self._node_keys(node_id), args=[node_id, cutoff]):
                 purged.append(node_id)
         return purged
+
+    def _node_keys(self, node_id: str) -> list[str]:
+        return [self.keys.node(node_id), self.keys.nodes_by_expiry(), self.keys.node_owners()]
+
+
+def _redis_bool(value: bool) -> str:
+    return "1" if value else "0"

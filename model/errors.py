@@ -5,10 +5,13 @@
     │   └── ValidationError         400, names the field
     ├── Unauthorized                401, WWW-Authenticate: Bearer
     ├── Forbidden                   403
+    │   ├── NodeForbidden           another account's node
+    │   └── AddressNotAllowed       node_address outside the allowed networks
     ├── NotFound                    404
     │   ├── NodeNotFound
     │   └── UserNotFound
     ├── Conflict                    409
+    │   └── NodeLimitReached        NVLLM_MAX_NODES(_PER_ACCOUNT) reached
     ├── PayloadTooLarge             413
     ├── TooManyRequests             429, Retry-After
     ├── UpstreamFailed              502, every node tried failed
@@ -65,6 +68,16 @@ class Forbidden(NvllmError):
     message = "your role may not do this"
 
 
+class NodeForbidden(Forbidden):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node {node_id!r} belongs to another account")
+
+
+class AddressNotAllowed(Forbidden):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"node_address: {reason}")
+
+
 class NotFound(NvllmError):
     code = 404
     message = "not found"
@@ -86,6 +99,10 @@ class Conflict(NvllmError):
     message = "conflict"
 
 
+class NodeLimitReached(Conflict):
+    pass
+
+
 class PayloadTooLarge(NvllmError):
     code = 413
     message = "request body too large"
@@ -95,7 +112,10 @@ class UpstreamFailed(NvllmError):
     code = 502
 
     def __init__(self, attempts: int, cause: str) -> None:
-        super().__init__(f"no node could answer after {attempts} attempt(s); last: {cause}")
+        # Which node, and how its connection failed, stay in the log: the text
+        # must not tell a client an open port from a closed one.
+        super().__init__(f"no node could serve the request ({attempts} attempt(s) failed)")
+        self.cause = cause
 
 
 class _RetryLater(NvllmError):

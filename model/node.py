@@ -83,9 +83,14 @@ def validate_node_id(value: Any, name: str = "node_id") -> str:
 def _address_field(value: Any) -> str:
     text = _str_field("node_address", value)
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         pass
+    else:
+        # A zone (fe80::1%eth0) names an interface of whoever reads it.
+        if "%" in text:
+            raise ValidationError("node_address", "must not carry an IPv6 zone (%...)")
+        return str(address)
     host = text[:-1] if text.endswith(".") else text
     labels = host.split(".")
     # An all-numeric last label is a mistyped IPv4 address (192.168.1.300),
@@ -216,9 +221,12 @@ class Node:
     models: list[str] = field(default_factory=list)
     create_time: float = 0.0
     update_time: float = 0.0
-    # Set by the balancer's poller when /health fails; cleared by a good poll
-    # or a new registration. Not a client field.
+    # Set by the balancer's poller when /health fails; cleared only by a good
+    # poll (a re-registration keeps it). Not a client field.
     probe_failing: bool = False
+    # The account that created the node; "" for one created before nvllm
+    # recorded owners (only admins may change those). Not a client field.
+    owner: str = ""
 
     @classmethod
     def from_payload(cls, payload: Any, *, now: float) -> Node:
@@ -257,9 +265,10 @@ class Node:
 
     # --- conversions ---
 
-    def to_dict(self, now: float) -> dict[str, Any]:
-        """The API JSON: the seed's fields in the seed's order, plus `models`."""
-        return {
+    def to_dict(self, now: float, *, include_address: bool = True) -> dict[str, Any]:
+        """The API JSON: the seed's fields in the seed's order, plus `models`.
+        Without `include_address`, node_address and node_port are left out."""
+        data = {
             "node_id": self.node_id,
             "node_type": self.node_type,
             "node_address": self.node_address,
@@ -272,6 +281,9 @@ class Node:
             "create_time": format_time(self.create_time),
             "update_time": format_time(self.update_time),
         }
+        if not include_address:
+            del data["node_address"], data["node_port"]
+        return data
 
     def to_redis(self) -> dict[str, str]:
         """A flat str -> str hash. node_info is spread over `info:<name>` fields
@@ -288,6 +300,7 @@ class Node:
             "create_time": repr(self.create_time),
             "update_time": repr(self.update_time),
             "probe_failing": "1" if self.probe_failing else "0",
+            "owner": self.owner,
         }
         mapping.update(info_to_redis(self.node_info.to_dict()))
         return mapping
@@ -320,7 +333,25 @@ class Node:
             create_time=float(mapping.get("create_time", 0)),
             update_time=float(mapping.get("update_time", 0)),
             probe_failing=mapping.get("probe_failing") == "1",
+            owner=mapping.get("owner", ""),
         )
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a node write: an account, and whether it is an admin (who
+    may change any node; others only the nodes they created)."""
+
+    name: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """NVLLM_MAX_NODES and NVLLM_MAX_NODES_PER_ACCOUNT."""
+
+    total: int = 1024
+    per_account: int = 256
 
 
 def info_to_redis(info: dict[str, Any]) -> dict[str, str]:

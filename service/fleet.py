@@ -22,6 +22,7 @@ from dao.inflight import InflightStore
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
 from model.node import Node
+from service.netpolicy import NetworkPolicy
 
 log = logging.getLogger("nvllm.fleet")
 
@@ -127,6 +128,10 @@ class NodeState:
     ttft_error: float = 0.0
     ttft_error_at: float = 0.0
     breaker: Breaker = field(default_factory=Breaker)
+    # False when the node's address is an IP (or name) nvllm may never
+    # connect to: such a node is not routable. Names are checked again, with
+    # DNS, at every connection.
+    address_ok: bool = True
 
     @property
     def node_id(self) -> str:
@@ -263,6 +268,7 @@ class Fleet:
         eject_after: int = 3,
         clock: Callable[[], float] = time.time,
         health_check: Callable[[Node], bool] | None = None,
+        netpolicy: NetworkPolicy | None = None,
     ) -> None:
         self.instance_id = uuid.uuid4().hex[:12]
         self._nodes = nodes
@@ -271,7 +277,10 @@ class Fleet:
         self._eject_after = eject_after
         self._clock = clock
         self._health_check = health_check
+        # Default: what nvllm allows when it listens on loopback.
+        self.netpolicy = netpolicy or NetworkPolicy.from_settings(None, None, "127.0.0.1")
         self._states: dict[str, NodeState] = {}
+        self._revs: dict[str, str] = {}  # node_id -> the rev its state was read at
         self._lock = threading.Lock()
         self._refreshed_at = 0.0
         self._attempted_at = 0.0
@@ -296,7 +305,7 @@ class Fleet:
         return [
             s
             for s in self.states()
-            if s.node.routable(as_of) and s.breaker.allows(now)
+            if s.node.routable(as_of) and s.address_ok and s.breaker.allows(now)
         ]
 
     def known(self) -> list[NodeState]:
@@ -377,7 +386,7 @@ class Fleet:
         now = self._clock()
         self._attempted_at = now
         try:
-            nodes = self._nodes.load_all()
+            ids, changed = self._nodes.load_changed(self._revs)
             local = {s.node_id: s.local_inflight for s in self._states.values()}
             self._inflight.publish(self.instance_id, local, now=now, lease=LEASE_SECONDS)
             others = self._inflight.by_instance(now=now)
@@ -389,7 +398,15 @@ class Fleet:
         if not self._storage_ok:
             log.info("storage recovered")
         self._storage_ok = True
+        nodes = []
+        for node_id in ids:
+            if node_id in changed:
+                nodes.append(changed[node_id][1])
+            elif node_id in self._states:
+                nodes.append(self._states[node_id].node)
         self._apply(nodes, others, now)
+        revs = {node_id: changed[node_id][0] for node_id in changed}
+        self._revs = {i: revs.get(i, self._revs.get(i, "")) for i in ids if i in self._states}
 
     def _apply(self, nodes: list[Node], others: dict[str, dict[str, int]], now: float) -> None:
         remote: dict[str, int] = {}
@@ -402,6 +419,11 @@ class Fleet:
             fresh: dict[str, NodeState] = {}
             for node in nodes:
                 state = self._states.get(node.node_id)
+                # Judged once per address, not per refresh: a refresh walks every node.
+                if state is None or state.node.node_address != node.node_address:
+                    address_ok = self.netpolicy.allows_literal(node)
+                else:
+                    address_ok = state.address_ok
                 if state is None:
                     state = NodeState(node, breaker=Breaker(eject_after=self._eject_after))
                     state.take_report(node)
@@ -410,6 +432,7 @@ class Fleet:
                 else:
                     state.node = node
                 state.remote_inflight = remote.get(node.node_id, 0)
+                state.address_ok = address_ok
                 fresh[node.node_id] = state
             # A node deleted while requests are in flight stays until they end,
             # so their release is not lost.

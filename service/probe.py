@@ -18,6 +18,7 @@ from agent.metrics import MetricsError, parse_load
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
 from model.node import Node
+from service.netpolicy import AddressRefused, NetworkPolicy
 
 log = logging.getLogger("nvllm.probe")
 
@@ -33,12 +34,15 @@ class Prober:
         interval: float,
         http: urllib3.PoolManager | None = None,
         clock: Callable[[], float] = time.time,
+        netpolicy: NetworkPolicy | None = None,
     ) -> None:
         self.owner = uuid.uuid4().hex[:12]
         self._nodes = nodes
         self._interval = interval
         self._http = http or urllib3.PoolManager(maxsize=PARALLEL_PROBES)
         self._clock = clock
+        # Default: what nvllm allows when it listens on loopback.
+        self._netpolicy = netpolicy or NetworkPolicy.from_settings(None, None, "127.0.0.1")
         self._failing: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,10 +64,18 @@ class Prober:
         """One poll. Success is a heartbeat carrying the node's load; failure
         marks it not routable without touching its liveness."""
         try:
-            healthy = self._get(node.url + "/health")[0] == 200
+            # Checked before every poll, not only at registration: a name can
+            # resolve elsewhere by now. A refused address is a failed poll.
+            url = self._netpolicy.target(node).base_url
+        except AddressRefused as exc:
+            url = None
+            if node.node_id not in self._failing:
+                log.warning("not polling node %s: %s", node.node_id, exc.reason)
+        try:
+            healthy = url is not None and self._get(url + "/health")[0] == 200
             load = None
             if healthy:
-                status, text = self._get(node.url + "/metrics")
+                status, text = self._get(url + "/metrics")
                 if status == 200:
                     try:
                         load = parse_load(text)

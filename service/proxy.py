@@ -220,12 +220,24 @@ class Proxy:
         raise NodeFailed(last_cause, len(tried))
 
     def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
+        # The address is checked at every connection, not only at registration:
+        # a name can resolve elsewhere by now (DNS rebinding), so the
+        # connection goes to the address just checked. A refused one raises
+        # AddressRefused, an OSError: tried elsewhere like a refused connection.
+        target = self.fleet.netpolicy.target(state.node)
+        headers = dict(headers)
+        if target.named:
+            headers["Host"] = target.host_header
+        # The key goes only where the operator said nodes started with it live,
+        # never to a server a worker pointed nvllm at.
+        if self.config.api_key and self.fleet.netpolicy.sends_key(target.ip):
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
         # A stream must start within the first-byte timeout (see _first_chunk);
         # a whole (non-streamed) answer may take as long as generation.
         first = self.config.stream_timeout if stream else self.config.read_timeout
         response = self.http.urlopen(
             "POST",
-            state.node.url + path,
+            target.base_url + path,
             body=body,
             headers=headers,
             preload_content=False,
@@ -322,8 +334,6 @@ class Proxy:
         out["X-Trace-ID"] = trace_id
         out["X-Request-Id"] = trace_id
         out["endpoint-load-metrics-format"] = "JSON"
-        if self.config.api_key:
-            out["Authorization"] = f"Bearer {self.config.api_key}"
         return out
 
     @staticmethod

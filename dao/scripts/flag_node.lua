@@ -4,4 +4,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+-- A new revision: fleet refreshes read only nodes whose `rev` changed.
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
 return 1

@@ -135,3 +135,20 @@ def test_purge_one_node_only_past_the_cutoff(nodes, redis):
     assert nodes.load("n") is None and redis.keys("*") == []
     nodes.purge("missing", NOW)
     assert redis.keys("*") == []
+
+
+def test_load_changed_reads_only_nodes_written_since(nodes, redis):
+    for node_id in ("a", "b", "c"):
+        nodes.save(make(node_id))
+    ids, changed = nodes.load_changed({})
+    assert ids == ["a", "b", "c"] and set(changed) == {"a", "b", "c"}
+    known = {node_id: rev for node_id, (rev, _) in changed.items()}
+    assert nodes.load_changed(known) == (["a", "b", "c"], {})
+    nodes.update("a", {}, NOW + 1)  # a heartbeat
+    nodes.flag("b", {"probe_failing": "1"})  # no heartbeat, still a change
+    nodes.save(make("c", remark="again"))  # a re-registration
+    ids, changed = nodes.load_changed(known)
+    assert set(changed) == {"a", "b", "c"}
+    assert changed["b"][1].probe_failing and changed["c"][1].remark == "again"
+    redis.hdel(f"{PREFIX}:node:a", "rev")  # a record from an older nvllm: read every time
+    assert set(nodes.load_changed({k: v for k, (v, _) in changed.items()})[1]) == {"a"}

@@ -9,6 +9,8 @@ from collections import Counter
 import pytest
 
 from model.node import NodeInfo, NodeStatus
+from service.user import create_user
+from tests.helpers import PASSWORD
 from tests.proxy.conftest import wait_for
 
 pytestmark = pytest.mark.integration  # a live nvllm and fake vLLM servers
@@ -148,8 +150,13 @@ def test_select_returns_the_node_or_503(nvllm, start_fake):
     assert answer.status == 200
     data = answer.json()["data"]
     assert data["node_id"] == "llama-node"
-    assert data["url"] == fake.url
+    assert "url" not in data and "node_port" not in data  # a user sees no addresses
     assert data["reason"].startswith("load")
+    stores = nvllm.app.extensions["nvllm"]
+    worker = create_user(stores.users, {"username": "agent", "password": PASSWORD, "role": "worker"},
+                         now=time.time(), hash_n=2**4)
+    answer = nvllm.get("/api/node/node/select?model=llama", token=stores.tokens.issue(worker, 60))
+    assert answer.json()["data"]["url"] == fake.url
     missing = nvllm.get("/api/node/node/select?model=qwen")
     assert missing.status == 503
     body = missing.json()

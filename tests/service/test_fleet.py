@@ -313,3 +313,28 @@ def test_a_node_registered_a_moment_ago_is_routable_without_waiting(node_store, 
     clock.advance(0.2)
     node_store.save(node(now=clock()))
     assert proxy.select(RouteRequest()).state.node_id == "n1"
+
+
+def test_a_refresh_sees_every_kind_of_node_write(make_fleet, node_store, clock):
+    """Refreshes read only nodes whose revision changed: heartbeats, flags,
+    re-registrations and deletions all show."""
+    now = clock()
+    node_store.save(Node("n1", node_address="10.0.0.1", node_status=NodeStatus.ONLINE, create_time=now,
+                         update_time=now))
+    fleet = make_fleet()
+    fleet.refresh()
+    assert [s.node_id for s in fleet.routable()] == ["n1"]
+    node_store.flag("n1", {"probe_failing": "1"})
+    fleet.refresh()
+    assert fleet.routable() == []
+    clock.advance(1)
+    node_store.update("n1", {"node_info": {"waiting": 3}}, clock(), fields={"probe_failing": "0"})
+    fleet.refresh()
+    assert fleet.get("n1").reported_waiting == 3 and fleet.routable()
+    node_store.save(Node("n1", node_address="169.254.169.254", node_status=NodeStatus.ONLINE,
+                         create_time=now, update_time=clock()))
+    fleet.refresh()
+    assert fleet.get("n1").node.node_address == "169.254.169.254" and fleet.routable() == []
+    node_store.delete("n1")
+    fleet.refresh()
+    assert fleet.known() == []

@@ -8,11 +8,28 @@ from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
 from model.errors import NodeNotFound, ValidationError
-from model.node import NodeStatus
+from model.node import Actor, NodeStatus
 from service import node as nodes
+from service.netpolicy import NetworkPolicy
 
 NOW = 1704067200.0
 RETENTION = 3600
+OPS = Actor("ops", admin=True)
+POLICY = NetworkPolicy.from_settings(None, None, "127.0.0.1")
+
+
+# Ownership and addresses have their own tests (tests/api/test_node_security.py):
+# here an admin acts, under the default policy.
+def register(store, payload, **options):
+    return nodes.register(store, payload, actor=OPS, netpolicy=POLICY, **options)
+
+
+def update(store, node_id, payload, **options):
+    return nodes.update(store, node_id, payload, actor=OPS, netpolicy=POLICY, **options)
+
+
+def delete(store, node_id):
+    return nodes.delete(store, node_id, actor=OPS)
 
 
 @pytest.fixture
@@ -26,36 +43,36 @@ def inflight(redis) -> InflightStore:
 
 
 def test_register_then_get(store):
-    node = nodes.register(store, {"node_id": "n1", "node_status": "online"}, now=NOW)
+    node = register(store, {"node_id": "n1", "node_status": "online"}, now=NOW)
     assert nodes.get(store, "n1", now=NOW, retention=RETENTION) == node
 
 
 def test_register_validates_before_writing(store, redis):
     with pytest.raises(ValidationError):
-        nodes.register(store, {"node_id": "n1", "node_port": 0}, now=NOW)
+        register(store, {"node_id": "n1", "node_port": 0}, now=NOW)
     assert redis.keys("*") == []
 
 
 def test_reregister_keeps_create_time(store):
-    nodes.register(store, {"node_id": "n1"}, now=NOW)
-    again = nodes.register(store, {"node_id": "n1", "remark": "back"}, now=NOW + 30)
+    register(store, {"node_id": "n1"}, now=NOW)
+    again = register(store, {"node_id": "n1", "remark": "back"}, now=NOW + 30)
     assert (again.create_time, again.update_time, again.remark) == (NOW, NOW + 30, "back")
 
 
 def test_update_is_a_guarded_heartbeat(store, redis):
     with pytest.raises(NodeNotFound):
-        nodes.update(store, "n1", {}, now=NOW)
+        update(store, "n1", {}, now=NOW)
     assert redis.keys("*") == []
-    nodes.register(store, {"node_id": "n1", "node_info": {"running": 4}}, now=NOW)
-    node = nodes.update(store, "n1", {"node_info": {"waiting": 2}}, now=NOW + 9)
+    register(store, {"node_id": "n1", "node_info": {"running": 4}}, now=NOW)
+    node = update(store, "n1", {"node_info": {"waiting": 2}}, now=NOW + 9)
     assert (node.node_info.running, node.node_info.waiting, node.update_time) == (4, 2, NOW + 9)
 
 
 @pytest.mark.parametrize("bad", ["a:b", "*", ""])
 def test_ids_are_checked_before_any_read(store, bad):
     for call in (
-        lambda: nodes.update(store, bad, {}, now=NOW),
-        lambda: nodes.delete(store, bad),
+        lambda: update(store, bad, {}, now=NOW),
+        lambda: delete(store, bad),
         lambda: nodes.get(store, bad, now=NOW, retention=RETENTION),
     ):
         with pytest.raises(ValidationError):
@@ -63,16 +80,16 @@ def test_ids_are_checked_before_any_read(store, bad):
 
 
 def test_delete(store):
-    nodes.register(store, {"node_id": "n1"}, now=NOW)
-    nodes.delete(store, "n1")
+    register(store, {"node_id": "n1"}, now=NOW)
+    delete(store, "n1")
     with pytest.raises(NodeNotFound):
-        nodes.delete(store, "n1")
+        delete(store, "n1")
     with pytest.raises(NodeNotFound):
-        nodes.update(store, "n1", {}, now=NOW + 1)
+        update(store, "n1", {}, now=NOW + 1)
 
 
 def test_status_live_fields(store, inflight):
-    nodes.register(store, {"node_id": "n1", "node_status": "online"}, now=NOW)
+    register(store, {"node_id": "n1", "node_status": "online"}, now=NOW)
     live = nodes.status(store, inflight, "n1", now=NOW + 3.25, retention=RETENTION)
     assert (live["alive"], live["routable"], live["seconds_since_update"], live["inflight"]) == (True, True, 3.25, 0)
     failing = nodes.status(store, inflight, "n1", now=NOW, retention=RETENTION, failing=True)
@@ -82,14 +99,14 @@ def test_status_live_fields(store, inflight):
 
 
 def test_status_counts_inflight_from_every_instance(store, inflight):
-    nodes.register(store, {"node_id": "n1", "node_status": "online"}, now=NOW)
+    register(store, {"node_id": "n1", "node_status": "online"}, now=NOW)
     inflight.publish("instance-a", {"n1": 2}, now=NOW, lease=30)
     inflight.publish("instance-b", {"n1": 3, "n2": 1}, now=NOW, lease=30)
     assert nodes.status(store, inflight, "n1", now=NOW, retention=RETENTION)["inflight"] == 5
 
 
 def test_retention(store, redis):
-    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
     end = NOW + 10 + RETENTION
     assert nodes.get(store, "n1", now=end, retention=RETENTION).node_id == "n1"
     assert [n.node_id for n in nodes.list_nodes(store, now=end, retention=RETENTION)] == ["n1"]
@@ -100,14 +117,14 @@ def test_retention(store, redis):
 
 
 def test_zero_retention_drops_a_node_as_it_expires(store):
-    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
     assert len(nodes.list_nodes(store, now=NOW + 10, retention=0)) == 1
     assert nodes.list_nodes(store, now=NOW + 10.5, retention=0) == []
 
 
 def test_list_filters(store):
-    nodes.register(store, {"node_id": "b", "node_status": "online", "models": ["m"]}, now=NOW)
-    nodes.register(store, {"node_id": "a", "node_status": "online", "node_type": "worker"}, now=NOW - 100)
+    register(store, {"node_id": "b", "node_status": "online", "models": ["m"]}, now=NOW)
+    register(store, {"node_id": "a", "node_status": "online", "node_type": "worker"}, now=NOW - 100)
 
     def ids(**filters):
         return [n.node_id for n in nodes.list_nodes(store, now=NOW, retention=RETENTION, **filters)]
@@ -125,24 +142,24 @@ def test_list_filters(store):
 
 
 def test_listing_does_not_change_a_node(store):
-    nodes.register(store, {"node_id": "n1", "node_status": "draining"}, now=NOW)
+    register(store, {"node_id": "n1", "node_status": "draining"}, now=NOW)
     nodes.list_nodes(store, now=NOW + 100, retention=RETENTION)
     assert store.load("n1").node_status is NodeStatus.DRAINING
 
 
 def test_writes_after_retention_start_afresh(store, redis):
-    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
     later = NOW + 10 + RETENTION + 1
     with pytest.raises(NodeNotFound):
-        nodes.update(store, "n1", {}, now=later, retention=RETENTION)
+        update(store, "n1", {}, now=later, retention=RETENTION)
     assert redis.keys("*") == []
-    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
-    again = nodes.register(store, {"node_id": "n1"}, now=later, retention=RETENTION)
+    register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    again = register(store, {"node_id": "n1"}, now=later, retention=RETENTION)
     assert again.create_time == later
 
 
 def test_writes_within_retention_keep_the_node(store):
-    nodes.register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
+    register(store, {"node_id": "n1", "timeout": 10}, now=NOW)
     end = NOW + 10 + RETENTION
-    assert nodes.update(store, "n1", {}, now=end, retention=RETENTION).create_time == NOW
-    assert nodes.register(store, {"node_id": "n1"}, now=end + 5, retention=RETENTION).create_time == NOW
+    assert update(store, "n1", {}, now=end, retention=RETENTION).create_time == NOW
+    assert register(store, {"node_id": "n1"}, now=end + 5, retention=RETENTION).create_time == NOW

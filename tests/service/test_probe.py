@@ -7,6 +7,7 @@ import pytest
 from dao.keys import Keys
 from dao.node import NodeStore
 from model.node import Node, NodeInfo, NodeStatus
+from service.netpolicy import NetworkPolicy
 from service.probe import Prober
 
 pytestmark = pytest.mark.integration  # starts fake vLLM servers
@@ -77,8 +78,43 @@ def test_poll_never_recreates_a_deleted_node(store, fake, clock):
     assert store.load("n1") is None
 
 
-def test_registering_again_clears_the_failing_flag(store, clock):
+def test_registering_again_keeps_the_failing_flag_until_a_poll_succeeds(store, fake, clock):
     register(store, 1, clock())
     Prober(store, interval=5, clock=clock).probe(store.load("n1"))
-    register(store, 1, clock())
+    register(store, 1, clock())  # a target failing /health, registered again
+    assert store.load("n1").probe_failing
+    register(store, fake.port, clock())
+    assert store.load("n1").probe_failing
+    Prober(store, interval=5, clock=clock).probe(store.load("n1"))
     assert not store.load("n1").probe_failing
+
+
+class NoConnections:
+    """An HTTP pool that fails the test if anything connects through it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def request(self, method: str, url: str, **options):
+        self.calls.append(url)
+        raise AssertionError(f"connected to {url}")
+
+    urlopen = request
+
+
+@pytest.mark.parametrize(("address", "answers"), [
+    ("169.254.169.254", {}),
+    ("0.0.0.0", {}),
+    ("metadata.google.internal", {"metadata.google.internal": ["169.254.169.254"]}),
+    ("gpu-1.lan", {"gpu-1.lan": ["169.254.169.254"]}),  # the name now points elsewhere
+    ("gpu-2.lan", {}),  # no longer resolves
+])
+def test_a_refused_address_is_not_polled_and_counts_as_failing(store, clock, address, answers):
+    now = clock()
+    store.save(Node("n1", node_address=address, node_port=80, node_status=NodeStatus.ONLINE,
+                    create_time=now, update_time=now))
+    http = NoConnections()
+    policy = NetworkPolicy.from_settings(None, None, "127.0.0.1", resolver=lambda name: answers.get(name, []))
+    assert Prober(store, interval=5, clock=clock, http=http, netpolicy=policy).probe(store.load("n1")) is False
+    assert http.calls == []
+    assert store.load("n1").probe_failing

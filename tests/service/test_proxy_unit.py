@@ -103,13 +103,6 @@ def test_request_headers_drop_credentials_whatever_their_case(proxy):
     assert {k.lower() for k in sent} == {"x-trace-id", "x-request-id", "endpoint-load-metrics-format"}
 
 
-def test_request_headers_carry_the_upstream_api_key():
-    proxy = Proxy(fleet=None, policy=None, config=UpstreamConfig(api_key="node-key"))  # type: ignore[arg-type]
-    sent = proxy._request_headers({"Authorization": "Bearer client-token"}, "t")
-    assert sent["Authorization"] == "Bearer node-key"
-    assert "client-token" not in str(sent)
-
-
 class FakeResponse:
     def __init__(self, headers: list[tuple[str, str]]) -> None:
         self.headers = _Headers(headers)
