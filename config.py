@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,17 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
 
 def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated networks in CIDR form (a bare address is a /32 or /128)."""
+    out = []
+    for part in _origins(name, raw):
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(f"{name} must list networks like 10.0.0.0/8, got {part!r}") from None
+    return tuple(out)
 
 
 def _env(var: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
@@ -151,7 +163,31 @@ class Settings:
         "NVLLM_UPSTREAM_API_KEY", _optional_text, None, "sent to nodes started with --api-key"
     )
     max_proxy_body: int = _env(
-        "NVLLM_MAX_PROXY_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024, "largest /v1 request body, bytes"
+        "NVLLM_MAX_PROXY_BODY", _int(1024, 1 << 31), 4 * 1024 * 1024, "largest /v1 JSON request body, bytes"
+    )
+    max_upload_body: int = _env(
+        "NVLLM_MAX_UPLOAD_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024,
+        "largest /v1 multipart/form-data body (audio uploads), bytes",
+    )
+    max_inflight_per_user: int = _env(
+        "NVLLM_MAX_INFLIGHT_PER_USER", _int(0, 1_000_000), 256,
+        "/v1 requests one user may have in flight in one worker process; 0 = no cap",
+    )
+    header_timeout: float = _env(
+        "NVLLM_HEADER_TIMEOUT", _float(0.5, 600), 10.0, "longest a client may take to send a request's headers, s"
+    )
+    body_timeout: float = _env(
+        "NVLLM_BODY_TIMEOUT", _float(0.5, 3600), 30.0, "longest a client may take to send a request's body, s"
+    )
+    max_connections_per_client: int = _env(
+        "NVLLM_MAX_CONNECTIONS_PER_CLIENT", _int(0, 1_000_000), 1024,
+        "connections one client address may hold per worker process; 0 = no cap",
+    )
+    metrics_allow: tuple[str, ...] = _env(
+        "NVLLM_METRICS_ALLOW", _networks, (), "comma-separated networks (CIDR) that may read /metrics; unset = any"
+    )
+    metrics_token: bool = _env(
+        "NVLLM_METRICS_TOKEN", _bool, False, "/metrics requires a Bearer token (any role)"
     )
 
     probe_interval: float = _env(
