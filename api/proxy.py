@@ -102,10 +102,15 @@ def _forward(path: str, started: float, release) -> Response:
 def _read_body() -> bytes:
     """The whole request body. The server cuts a client that sends it too
     slowly (NVLLM_BODY_TIMEOUT), which reads here as a body that ended early."""
+    incomplete = BadRequest("request body: not received in full (incomplete, or sent too slowly)")
     try:
-        return request.get_data(cache=False)
+        body = request.get_data(cache=False)
     except (ClientDisconnected, OSError):
-        raise BadRequest("request body: not received in full (incomplete, or sent too slowly)") from None
+        raise incomplete from None
+    # gunicorn ends a cut body without an error; its length tells.
+    if request.content_length is not None and len(body) < request.content_length:
+        raise incomplete
+    return body
 
 
 def _close_client_connection() -> None:
