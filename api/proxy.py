@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
-import socket
-
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    request,
+    stream_with_context,
+)
 from werkzeug.exceptions import ClientDisconnected
 
 from middleware.auth import require_role
