@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 
 from flask import (
     Blueprint,
@@ -66,7 +67,7 @@ def forward(subpath: str) -> Response:
     return response
 
 
-def _forward(path: str, started: float, release) -> Response:
+def _forward(path: str, started: float, release: Callable[[], None]) -> Response:
     body = _read_body()
     try:
         payload = json.loads(body) if body else {}
