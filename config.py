@@ -213,7 +213,31 @@ class Settings:
         "NVLLM_UPSTREAM_API_KEY", _optional_text, None, "sent to nodes started with --api-key"
     )
     max_proxy_body: int = _env(
-        "NVLLM_MAX_PROXY_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024, "largest /v1 request body, bytes"
+        "NVLLM_MAX_PROXY_BODY", _int(1024, 1 << 31), 4 * 1024 * 1024, "largest /v1 JSON request body, bytes"
+    )
+    max_upload_body: int = _env(
+        "NVLLM_MAX_UPLOAD_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024,
+        "largest /v1 multipart/form-data body (audio uploads), bytes",
+    )
+    max_inflight_per_user: int = _env(
+        "NVLLM_MAX_INFLIGHT_PER_USER", _int(0, 1_000_000), 256,
+        "/v1 requests one user may have in flight in one worker process; 0 = no cap",
+    )
+    header_timeout: float = _env(
+        "NVLLM_HEADER_TIMEOUT", _float(0.5, 600), 10.0, "longest a client may take to send a request's headers, s"
+    )
+    body_timeout: float = _env(
+        "NVLLM_BODY_TIMEOUT", _float(0.5, 3600), 30.0, "longest a client may take to send a request's body, s"
+    )
+    max_connections_per_client: int = _env(
+        "NVLLM_MAX_CONNECTIONS_PER_CLIENT", _int(0, 1_000_000), 1024,
+        "connections one client address may hold per worker process; 0 = no cap",
+    )
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _env(
+        "NVLLM_METRICS_ALLOW", _networks, (), "comma-separated networks (CIDR) that may read /metrics; unset = any"
+    )
+    metrics_token: bool = _env(
+        "NVLLM_METRICS_TOKEN", _bool, False, "/metrics requires a Bearer token (any role)"
     )
 
     probe_interval: float = _env(

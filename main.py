@@ -117,15 +117,21 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
 
 
 def init_body_limits(app: Flask, settings: Settings) -> None:
+    """Body sizes per route, and the cap on each user's /v1 requests in flight.
+    The server bounds how long a body may take (NVLLM_BODY_TIMEOUT)."""
     from api import API_MAX_BODY
+    from service.proxy import UserSlots
 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_proxy_body
+    app.extensions["nvllm.user_slots"] = UserSlots(settings.max_inflight_per_user)
 
     @app.before_request
     def limit_api_bodies() -> None:
+        # Enforced by werkzeug while reading, so chunked bodies are capped too.
         if request.path.startswith("/api/"):
-            # Enforced by werkzeug while reading, so chunked bodies are capped too.
             request.max_content_length = API_MAX_BODY
+        elif request.mimetype == "multipart/form-data" and request.path.startswith("/v1/"):
+            request.max_content_length = settings.max_upload_body
 
 
 def init_cors(app: Flask, settings: Settings) -> None:

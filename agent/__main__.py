@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError, cleartext_warning, load_config
 from agent.logs import init_logging
 from agent.loop import Agent
 from agent.nvllm import NvllmClient
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agent: {exc}", file=sys.stderr)
         return 2
     init_logging(config.log_level, config.log_json)
+    warning = cleartext_warning(config.server)
+    if warning:
+        logging.getLogger("nvllm.agent").warning("%s", warning)
     stop, hurry = threading.Event(), threading.Event()
     install_signal_handlers(stop, hurry)
     agent = Agent(

@@ -198,6 +198,17 @@ def outbound_address(target: str) -> str | None:
         return None
 
 
+def cleartext_warning(server: str) -> str | None:
+    """A warning when the token would cross the network unencrypted: an
+    http:// nvllm URL to a host other than this one."""
+    parts = urlsplit(server)
+    if parts.scheme != "http" or _is_local(parts.hostname or ""):
+        return None
+    return (f"NVLLM_SERVER {parts.scheme}://{parts.netloc} is plain HTTP to another host: the agent's token "
+            "crosses the network readable by anyone on the path; put a TLS terminator in front of nvllm "
+            "and use its https:// URL")
+
+
 def _is_local(host: str) -> bool:
     if host == "localhost":
         return True

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+import ipaddress
+
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from dao.errors import UNREACHABLE
+from middleware.auth import authenticate
 from middleware.redis_client import get_redis
-from model.errors import StorageUnavailable
+from model.errors import Forbidden, StorageUnavailable
+from model.user import Role
 
 bp = Blueprint("health", __name__)
 
@@ -29,6 +33,22 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics of this nvllm process (not of the nodes)."""
+    """Prometheus metrics of this nvllm process (not of the nodes). Open unless
+    NVLLM_METRICS_ALLOW lists networks or NVLLM_METRICS_TOKEN asks for a token."""
+    settings = current_app.config["NVLLM"]
+    if settings.metrics_allow and not _in_networks(request.remote_addr, settings.metrics_allow):
+        raise Forbidden("/metrics is not open to this address (NVLLM_METRICS_ALLOW)")
+    if settings.metrics_token:
+        authenticate(Role.USER)
     body = current_app.extensions["nvllm.metrics"].render()
     return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _in_networks(address: str | None, networks: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net) for net in networks)

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    request,
+    stream_with_context,
+)
+from werkzeug.exceptions import ClientDisconnected
 
 from middleware.auth import require_role
 from middleware.trace import current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
 from service.balancer import route_request
-from service.proxy import NodeFailed, Proxy
+from service.paths import checked_path, checked_query
+from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
 
 def get_proxy() -> Proxy:
     return current_app.extensions["nvllm.proxy"]
+
+
+def get_slots() -> UserSlots:
+    return current_app.extensions["nvllm.user_slots"]
 
 
 @bp.get("/models")
@@ -34,11 +50,25 @@ def models() -> Response:
     )
 
 
-@bp.post("/<path:subpath>")
+# merge_slashes off: werkzeug would otherwise redirect `//` away before the
+# path check sees it.
+@bp.post("/<path:subpath>", merge_slashes=False)
 @require_role("user")
 def forward(subpath: str) -> Response:
     started = time.perf_counter()
-    body = request.get_data(cache=False)
+    path = checked_path(request.path, request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI"))
+    query = checked_query(request.query_string.decode("latin-1"))
+    slot = get_slots().acquire(g.user.username)
+    try:
+        response = _forward(path + (f"?{query}" if query else ""), started, slot.release)
+    except BaseException:
+        slot.release()
+        raise
+    return response
+
+
+def _forward(path: str, started: float, release: Callable[[], None]) -> Response:
+    body = _read_body()
     try:
         payload = json.loads(body) if body else {}
     # RecursionError: nesting deep enough to exhaust the parser, e.g. "[[[[...".
@@ -49,7 +79,7 @@ def forward(subpath: str) -> Response:
     proxy = get_proxy()
     try:
         answer = proxy.forward(
-            "/v1/" + subpath,
+            path,
             body,
             route_request(payload),
             dict(request.headers),
@@ -62,7 +92,10 @@ def forward(subpath: str) -> Response:
     def relay():
         try:
             yield from answer.body
+        except BodyCut:
+            _close_client_connection()
         finally:
+            release()
             log_request(answer.status, (time.perf_counter() - started) * 1000,
                         node=answer.node_id, attempts=answer.attempts)
 
@@ -72,3 +105,30 @@ def forward(subpath: str) -> Response:
     response.headers["X-NVLLM-Node"] = answer.node_id
     response.headers["X-NVLLM-Route"] = answer.reason
     return response
+
+
+def _read_body() -> bytes:
+    """The whole request body. The server cuts a client that sends it too
+    slowly (NVLLM_BODY_TIMEOUT), which reads here as a body that ended early."""
+    incomplete = BadRequest("request body: not received in full (incomplete, or sent too slowly)")
+    try:
+        body = request.get_data(cache=False)
+    except (ClientDisconnected, OSError):
+        raise incomplete from None
+    # gunicorn ends a cut body without an error; its length tells.
+    if request.content_length is not None and len(body) < request.content_length:
+        raise incomplete
+    return body
+
+
+def _close_client_connection() -> None:
+    """The node's answer ended early after bytes reached the client: close the
+    client's connection rather than end the body cleanly, so the client sees
+    a cut answer, never a short one that looks whole."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is None:
+        raise BodyCut()  # any WSGI server drops the connection of an app failing mid-body
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -9,12 +9,14 @@ waiting for Nagle. tests/integration/test_http.py checks it on a live socket.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import resource
 import signal
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -172,11 +174,45 @@ class NvllmWorker(GeventWorker):
     (KEEPALIVE), so any client holding a pooled connection (an SDK, an agent,
     a proxy in front) would stretch every restart to GRACEFUL_TIMEOUT.
     Requests in flight still run to the end; gunicorn closes their
-    connections after the response."""
+    connections after the response.
+
+    It also bounds what a slow client can hold (slowloris): a request's
+    headers must arrive within NVLLM_HEADER_TIMEOUT, its body within
+    NVLLM_BODY_TIMEOUT, and one client address holds at most
+    NVLLM_MAX_CONNECTIONS_PER_CLIENT of this worker's connections."""
 
     def init_process(self) -> None:
         self.idle: dict[Any, _IdleWait] = {}
+        self.per_client: dict[str, int] = {}
+        settings: Settings = self.app.settings
+        self.header_timeout = settings.header_timeout
+        self.body_timeout = settings.body_timeout
+        self.max_per_client = settings.max_connections_per_client
         super().init_process()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        peer = addr[0] if isinstance(addr, tuple) and addr else None
+        if peer is not None and self.max_per_client:
+            if self.per_client.get(peer, 0) >= self.max_per_client:
+                _refuse(client)
+                return
+            self.per_client[peer] = self.per_client.get(peer, 0) + 1
+        try:
+            super().handle(listener, _ClientSocket(client, self.header_timeout), addr)
+        finally:
+            if peer is not None and self.max_per_client:
+                left = self.per_client.pop(peer, 1) - 1
+                if left > 0:
+                    self.per_client[peer] = left
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        if isinstance(sock, _ClientSocket):
+            sock.expect_body(self.body_timeout)
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if isinstance(sock, _ClientSocket):
+                sock.expect_next_request()
 
     def timeout_ctx(self) -> _IdleWait:
         # gunicorn enters this only around the wait for a connection's next request.
@@ -219,6 +255,74 @@ class _IdleWait:
         # must not be interrupted.
         if self.worker.idle.get(self.greenlet) is self:
             self.greenlet.throw(self.timeout)
+
+
+class _ClientSocket:
+    """A client's socket whose reads have deadlines: the headers of a request
+    must arrive within `header_timeout` of its first byte (of the accept, for
+    a connection's first request), and its body within the body timeout once
+    the headers are in. Past a deadline the client counts as gone: reads
+    return b"", which gunicorn and werkzeug already treat as a disconnect, so
+    the connection is closed quietly and its slot freed. Waiting for a next
+    request on a kept-alive connection stays bounded by KEEPALIVE alone."""
+
+    def __init__(self, sock: socket.socket, header_timeout: float) -> None:
+        self._sock = sock
+        self._header_timeout = header_timeout
+        self._deadline: float | None = time.monotonic() + header_timeout
+        self._expired = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def expect_body(self, timeout: float) -> None:
+        self._deadline = time.monotonic() + timeout
+
+    def expect_next_request(self) -> None:
+        self._deadline = None
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        if self._expired:
+            return b""
+        if self._deadline is None:
+            data = self._sock.recv(size, *flags)
+            if data:  # a next request has begun: its headers have a deadline
+                self._deadline = time.monotonic() + self._header_timeout
+            return data
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            return self._expire()
+        # Only this read gets the timeout: writes (long streams to a slow
+        # reader) must not inherit it.
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv(size, *flags)
+        except TimeoutError:
+            return self._expire()
+        finally:
+            self._sock.settimeout(None)
+
+    def _expire(self) -> bytes:
+        self._expired = True
+        return b""
+
+
+_REFUSAL = b'{"error": {"message": "too many connections", "type": "rate_limit_error"}}'
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL), _REFUSAL)
+)
+
+
+def _refuse(client: socket.socket) -> None:
+    """Answer a connection over the per-client cap at once and close it; the
+    answer fits the socket's send buffer, so a client that never reads cannot
+    hold this up."""
+    with contextlib.suppress(OSError):
+        client.setblocking(False)
+        client.send(TOO_MANY_CONNECTIONS)
+    with contextlib.suppress(OSError):
+        client.close()
 
 
 class NvllmGunicornLogger(glogging.Logger):

@@ -29,6 +29,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -131,13 +132,28 @@ def _running(data_dir: Path, lock_fd: int, owner: str) -> Iterator[EmbeddedStore
 def _prepare_dir(data_dir: Path) -> Path:
     data_dir = data_dir.expanduser().resolve()
     try:
-        # 0700: the directory holds the store's password and every user's hash.
+        # 0700, at every start: the directory holds the store's password, the
+        # token secret and every user's hash, and a directory made earlier
+        # (by hand, or by an older nvllm) may be open to every local user.
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
         if not os.access(data_dir, os.W_OK):
             raise PermissionError(errno.EACCES, "not writable")
+        _make_private(data_dir)
     except OSError as exc:
         raise StoreError(f"cannot use data directory {data_dir}: {exc.strerror or exc}") from None
     return data_dir
+
+
+def _make_private(data_dir: Path) -> None:
+    """Take group and other access off what earlier runs left in the data
+    directory (the append-only files hold every secret nvllm stores)."""
+    for path in (data_dir, *data_dir.glob("*"), *data_dir.glob("*/*")):
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
 
 
 def _open_lock(data_dir: Path) -> int:
@@ -322,7 +338,8 @@ class EmbeddedStore:
         """Start the child on self.port and wait until it answers PING."""
         self._write_config()
         self._rotate_log()
-        with open(self.log_path, "ab") as log_file:
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log_file:
             self._log_offset = log_file.tell()
             self.process = subprocess.Popen(
                 [str(_binary()), str(self.data_dir / CONFIG_FILE)],
@@ -335,6 +352,8 @@ class EmbeddedStore:
                 start_new_session=True,
                 pass_fds=(self.lock_fd,),
                 preexec_fn=_die_with_parent(),
+                # Whatever valkey creates (its append-only files) is this user's only.
+                umask=0o077,
             )
         try:
             self._wait_ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -11,7 +12,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.fleet import Fleet
@@ -44,6 +45,34 @@ class FleetCollector(Collector):
         yield from (inflight, load, ejected, kv, storage)
 
 
+class UpstreamCollector(Collector):
+    """Requests forwarded to each node, by outcome, for the nodes still in the
+    fleet view: a node's series (its id may carry a host name) goes when the
+    node does, instead of staying in the registry for the process's life."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, node: str, outcome: str) -> None:
+        with self._lock:
+            self._counts[(node, outcome)] = self._counts.get((node, outcome), 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        live = {state.node_id for state in self.fleet.known()}
+        family = CounterMetricFamily(
+            "nvllm_upstream_requests", "Requests forwarded to nodes, by outcome", labels=["node", "outcome"]
+        )
+        with self._lock:
+            for key in [key for key in self._counts if key[0] not in live]:
+                del self._counts[key]
+            counts = sorted(self._counts.items())
+        for (node, outcome), count in counts:
+            family.add_metric([node, outcome], count)
+        yield family
+
+
 class BalancerMetrics:
     def __init__(self, fleet: Fleet) -> None:
         # *_created series double the output and no dashboard reads them.
@@ -56,10 +85,8 @@ class BalancerMetrics:
             "nvllm_http_request_seconds", "Time to answer (to the last byte for streams)",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.upstream = Counter(
-            "nvllm_upstream_requests", "Requests forwarded to nodes, by outcome",
-            ["node", "outcome"], registry=self.registry,
-        )
+        self.upstream = UpstreamCollector(fleet)
+        self.registry.register(self.upstream)
         self.registry.register(FleetCollector(fleet))
 
     def observe_request(self, route: str, code: int, seconds: float) -> None:
@@ -67,7 +94,7 @@ class BalancerMetrics:
         self.latency.labels(route).observe(seconds)
 
     def observe_upstream(self, done: dict) -> None:
-        self.upstream.labels(done["node"], done["outcome"]).inc()
+        self.upstream.inc(done["node"], done["outcome"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,12 +5,15 @@ decides which instance polls it)."""
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import urllib3
 
@@ -23,6 +26,11 @@ from service.netpolicy import AddressRefused, NetworkPolicy
 log = logging.getLogger("nvllm.probe")
 
 PROBE_TIMEOUT = 2.0
+# A whole poll (connect, headers, body) ends within this, or the probe
+# interval when shorter; what a node sends beyond MAX_ANSWER is not read.
+PROBE_DEADLINE = 5.0
+MAX_ANSWER = 1 << 20
+MAX_HEAD = 64 * 1024
 PARALLEL_PROBES = 16
 
 
@@ -92,11 +100,23 @@ class Prober:
         return healthy
 
     def _get(self, url: str) -> tuple[int, str]:
-        try:
-            answer = self._http.request("GET", url, timeout=PROBE_TIMEOUT, retries=False)
-        except (urllib3.exceptions.HTTPError, OSError):
+        """(status, body) of a GET, or (0, "") when the node does not give a
+        whole answer of at most MAX_ANSWER bytes within the deadline. Read by
+        hand, with each read's timeout the time left, because a node that
+        trickles bytes would keep any per-read timeout from ever firing."""
+        deadline = time.monotonic() + min(self._interval or PROBE_DEADLINE, PROBE_DEADLINE)
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
             return 0, ""
-        return answer.status, answer.data.decode("utf-8", "replace")
+        request = (f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                   "Accept: text/plain\r\nUser-Agent: nvllm-probe\r\nConnection: close\r\n\r\n")
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 80), timeout=PROBE_TIMEOUT) as sock:
+                sock.sendall(request.encode("ascii"))
+                raw = _read_answer(sock, deadline)
+        except (OSError, ValueError):
+            return 0, ""
+        return _parse_answer(raw) if raw is not None else (0, "")
 
     def _log_change(self, node_id: str, healthy: bool) -> None:
         if healthy and node_id in self._failing:
@@ -118,6 +138,70 @@ class Prober:
 
     def close(self) -> None:
         self._stop.set()
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+
+
+def _read_answer(sock: socket.socket, deadline: float) -> bytes | None:
+    """The node's whole answer, or None past the deadline or the size cap."""
+    data = b""
+    body_at = length = -1
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+        if body_at < 0:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > MAX_HEAD:
+                    return None
+                continue
+            body_at = end + 4
+            match = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", data[:body_at].lower())
+            length = int(match.group(1)) if match else -1
+        if len(data) - body_at > MAX_ANSWER:
+            return None
+        if 0 <= length <= len(data) - body_at:
+            return data[: body_at + length]
+
+
+def _parse_answer(raw: bytes) -> tuple[int, str]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    match = STATUS_LINE.match(head)
+    if not sep or not match:
+        return 0, ""
+    if re.search(rb"\r\ntransfer-encoding:[ \t]*chunked", head.lower()):
+        decoded = _dechunk(body)
+        if decoded is None:
+            return 0, ""
+        body = decoded
+    return int(match.group(1)), body.decode("utf-8", "replace")
+
+
+def _dechunk(body: bytes) -> bytes | None:
+    """A chunked body decoded, or None when it is malformed or cut short."""
+    out, at = [], 0
+    while True:
+        line_end = body.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        try:
+            size = int(body[at:line_end].split(b";", 1)[0], 16)
+        except ValueError:
+            return None
+        if size == 0:
+            return b"".join(out)
+        start = line_end + 2
+        if len(body) < start + size:
+            return None
+        out.append(body[start : start + size])
+        at = start + size + 2
 
 
 def _poll_loop(ref: weakref.ReferenceType[Prober], stop: threading.Event, interval: float) -> None:

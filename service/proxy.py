@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from model.errors import NoRoutableNode
+from model.errors import NoRoutableNode, TooManyRequests
 from service.balancer import Decision, Policy, RouteRequest
 from service.fleet import Fleet, NodeState, Sent
 
@@ -24,32 +25,15 @@ log = logging.getLogger("nvllm.proxy")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # 429 is back-pressure, not sickness: retry elsewhere but do not eject.
 FAILURE_STATUSES = frozenset({500, 502, 503, 504})
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Never forwarded to a node: the client's credentials, and what we set ourselves.
-DROP_REQUEST = HOP_BY_HOP | {
-    "authorization",
-    "cookie",
-    "host",
-    "content-length",
-    "x-trace-id",
-    "x-request-id",
-    "endpoint-load-metrics-format",
-}
-# Date and Server are the answering server's own; a node's copies would be
-# sent twice (RFC 9110 allows one Date).
-DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "endpoint-load-metrics", "date", "server"}
+# Allow-lists both ways: a node learns only what vLLM needs to answer, and a
+# client sees only what describes the answer. Anything else (the client's
+# X-Forwarded-For or Metadata-Flavor, a node's CORS or cookies) stays behind.
+# Accept-Encoding stays behind too, so a node answers uncompressed and a
+# stream's events can be counted as they pass.
+FORWARD_REQUEST = frozenset({"content-type", "accept", "user-agent", "x-session-id"})
+# Content-Length is nvllm's own to set: the body is re-framed (chunked), so a
+# node that cuts its body short cannot leave the client waiting for bytes.
+FORWARD_RESPONSE = frozenset({"content-type", "content-encoding", "cache-control", "retry-after", "x-request-id"})
 LOAD_HEADER = "endpoint-load-metrics"
 FRESH_ENOUGH = 0.1  # seconds: how stale the fleet view may be before a 503
 
@@ -83,6 +67,52 @@ class NodeFailed(Exception):
         super().__init__(cause)
         self.cause = cause
         self.attempts = attempts
+
+
+class BodyCut(Exception):
+    """A node's answer ended early (cut, or silent too long) after bytes of it
+    reached the client: the client's connection must be closed, not the body
+    ended as if whole."""
+
+
+class UserSlots:
+    """How many /v1 requests each user has in flight in this process, capped:
+    one token cannot hold every connection, upload buffer and node slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, user: str) -> _Slot:
+        """A slot to release when the request is done. Raises TooManyRequests."""
+        with self._lock:
+            count = self._counts.get(user, 0)
+            if self.limit and count >= self.limit:
+                raise TooManyRequests(f"too many requests in flight for this user (at most {self.limit})")
+            self._counts[user] = count + 1
+        return _Slot(self, user)
+
+    def in_flight(self, user: str) -> int:
+        return self._counts.get(user, 0)
+
+    def _release(self, user: str) -> None:
+        with self._lock:
+            left = self._counts.pop(user, 1) - 1
+            if left > 0:
+                self._counts[user] = left
+
+
+class _Slot:
+    def __init__(self, slots: UserSlots, user: str) -> None:
+        self._slots: UserSlots | None = slots
+        self._user = user
+
+    def release(self) -> None:
+        """Idempotent: the error path and the end of the answer may both call it."""
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._release(self._user)
 
 
 def parse_load_header(value: str) -> tuple[int | None, int | None, float | None]:
@@ -301,6 +331,7 @@ class Proxy:
             outcome = f"upstream_error:{type(exc).__name__}"
             self.fleet.record_failure(state, type(exc).__name__)
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
+            raise BodyCut() from None
         finally:
             state.end(ticket)
             if complete:
@@ -330,7 +361,7 @@ class Proxy:
             self.fleet.record_inband_load(state, waiting, running, kv)
 
     def _request_headers(self, headers: dict[str, str], trace_id: str) -> dict[str, str]:
-        out = {k: v for k, v in headers.items() if k.lower() not in DROP_REQUEST}
+        out = {k: v for k, v in headers.items() if k.lower() in FORWARD_REQUEST}
         out["X-Trace-ID"] = trace_id
         out["X-Request-Id"] = trace_id
         out["endpoint-load-metrics-format"] = "JSON"
@@ -338,7 +369,7 @@ class Proxy:
 
     @staticmethod
     def _response_headers(response) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE]
+        return [(k, v) for k, v in response.headers.items() if k.lower() in FORWARD_RESPONSE]
 
 
 def _discard(response) -> None:

@@ -45,3 +45,30 @@ def test_json_log_lines():
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "WARNING" and entry["message"] == "node n1 gone"
     assert entry["logger"] == "nvllm.agent" and entry["time"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(("server", "warns"), [
+    ("http://nvllm.internal:5000", True),
+    ("http://10.0.0.5:5000", True),
+    ("https://nvllm.internal", False),
+    ("http://127.0.0.1:5000", False),
+    ("http://localhost:5000", False),
+    ("http://[::1]:5000", False),
+])
+def test_a_cleartext_url_to_another_host_is_warned_of_at_start(monkeypatch, caplog, server, warns):
+    import agent.__main__ as entry
+
+    class Stop:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(entry, "Agent", Stop)
+    monkeypatch.setattr(entry, "install_signal_handlers", lambda stop, hurry: None)
+    monkeypatch.setattr(entry, "init_logging", lambda level, json_lines: None)
+    with caplog.at_level(logging.WARNING):
+        assert main(["--server", server, "--token", "t", "--node-id", "n1", "--advertise-address", "10.0.0.9"]) == 0
+    warned = [r for r in caplog.records if "plain HTTP" in r.getMessage()]
+    assert bool(warned) == warns

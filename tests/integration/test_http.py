@@ -140,3 +140,29 @@ def test_stream_in_flight_finishes_on_sigterm(start_service, redis_url):
         assert service.process.returncode == 0
     finally:
         fake.stop()
+
+
+def test_a_nodes_cut_body_closes_the_client_connection_under_gunicorn(start_service, redis_url):
+    from tests.proxy.test_framing import SENT, ShortNode, request
+
+    node = ShortNode()
+    try:
+        service = start_service(redis_url, NVLLM_PROBE_INTERVAL="0")
+        token = service.login()
+        service.api("POST", "/api/node/node/register", token=token,
+                    body={"node_id": "short", "node_address": "127.0.0.1", "node_port": node.port,
+                          "node_status": "online"})
+        wait_for(lambda: service.request("GET", "/api/node/node/select", token=token).status == 200, 5,
+                 "the node to be routable")
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+            sock.sendall(request(token) * 2)  # pipelined: the second must not land in the first's body
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower()
+        assert b"x" * SENT in body and not body.endswith(b"0\r\n\r\n") and b"HTTP/1.1" not in body
+        assert service.request("GET", "/healthz").status == 200
+        assert "Traceback" not in service.log()
+    finally:
+        node.close()

@@ -104,6 +104,21 @@ def test_the_store_is_private(tmp_path):
         assert config.config_get("protected-mode") == {"protected-mode": "yes"}
 
 
+def test_a_data_dir_open_to_everyone_is_made_private(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    os.chmod(data_dir, 0o755)  # as a umask of 022 (or an older nvllm) leaves it
+    (data_dir / "valkey.log").write_text("")
+    os.chmod(data_dir / "valkey.log", 0o644)
+    with run_embedded(data_dir) as store:
+        redis.Redis.from_url(store.url).set("secret", "x")  # the append-only file gets written
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        written = [p for p in data_dir.rglob("*") if p.is_file()]
+        assert any(p.parent.name == "appendonlydir" for p in written)
+        for path in [*written, data_dir / "appendonlydir"]:
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path.name, oct(path.stat().st_mode))
+
+
 def test_a_store_that_cannot_start_says_why(tmp_path):
     data_dir = tmp_path / "data"
     (data_dir / "appendonlydir").mkdir(parents=True)

@@ -44,7 +44,9 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Set-Cookie", "node-session=secret")
         self.send_header("endpoint-load-metrics", 'JSON {"named_metrics": {"num_requests_waiting": 4}}')
-        self.send_header("X-Upstream", "kept")
+        self.send_header("X-Upstream", "internal")
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Retry-After", "3")
         self.end_headers()
         self.wfile.write(body)
 
@@ -72,17 +74,18 @@ def test_trace_ids_forwarded_credentials_and_cookies_kept_back(nvllm, recorder):
         "/v1/chat/completions",
         BODY,
         headers={"X-Trace-ID": "trace-abc.1", "X-Request-Id": "client-chosen", "Cookie": "session=client",
-                 "X-Custom": "passes", "Proxy-Authorization": "Basic eA=="},
+                 "X-Custom": "stays", "Proxy-Authorization": "Basic eA==", "X-Forwarded-For": "169.254.169.254",
+                 "Metadata-Flavor": "Google", "X-Session-Id": "s-1", "User-Agent": "sdk/1"},
     )
     assert answer.status == 200
     sent = {k.lower(): v for k, v in recorder.seen[-1].items()}
     assert sent["x-trace-id"] == "trace-abc.1"
     assert sent["x-request-id"] == "trace-abc.1"
-    assert sent["x-custom"] == "passes"
     assert sent["endpoint-load-metrics-format"] == "JSON"
-    assert "authorization" not in sent
-    assert "cookie" not in sent
-    assert "proxy-authorization" not in sent
+    assert (sent["x-session-id"], sent["user-agent"], sent["content-type"]) == ("s-1", "sdk/1", "application/json")
+    # An allow-list: whatever vLLM does not need stays behind.
+    for name in ("authorization", "cookie", "proxy-authorization", "x-custom", "x-forwarded-for", "metadata-flavor"):
+        assert name not in sent
     assert nvllm.token not in json.dumps(sent)
 
 
@@ -102,8 +105,9 @@ def test_response_headers_returned_and_filtered(nvllm, recorder):
     assert headers["X-NVLLM-Node"] == "rec"
     assert headers["X-NVLLM-Route"].startswith("load")
     assert headers["X-Trace-ID"] == "t-1"
-    assert headers["X-Upstream"] == "kept"
-    assert "Set-Cookie" not in headers
+    assert headers["Retry-After"] == "3"
+    for name in ("X-Upstream", "Set-Cookie", "Access-Control-Allow-Origin"):
+        assert name not in headers
     assert "endpoint-load-metrics" not in headers
     assert len(headers.getlist("Date")) == 1 and len(headers.getlist("Server")) == 1
 

@@ -118,3 +118,109 @@ def test_a_refused_address_is_not_polled_and_counts_as_failing(store, clock, add
     assert Prober(store, interval=5, clock=clock, http=http, netpolicy=policy).probe(store.load("n1")) is False
     assert http.calls == []
     assert store.load("n1").probe_failing
+
+
+class RawNode:
+    """A node written with raw sockets: /health answers 200 at once, and
+    /metrics is `metrics(conn)`, whatever that sends."""
+
+    def __init__(self, metrics) -> None:
+        import socket
+        import threading
+
+        self.metrics = metrics
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        with conn:
+            try:
+                request = conn.recv(65536)
+                if request.startswith(b"GET /health "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    self.metrics(conn)
+            except OSError:
+                pass  # the prober hung up on us: that is the point
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def huge(conn) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+    line = b"vllm:num_requests_running 1\n" * 4096
+    for _ in range((64 << 20) // len(line)):
+        conn.sendall(line)
+
+
+def huge_chunked(conn) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 65536
+    for _ in range(1024):
+        conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    conn.sendall(b"0\r\n\r\n")
+
+
+def trickle(conn) -> None:
+    import time
+
+    body = b"vllm:num_requests_running 1\n"
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for byte in body:  # one byte every 0.15 s: no single read ever times out
+        conn.sendall(bytes([byte]))
+        time.sleep(0.15)
+
+
+def chunked_small(conn) -> None:
+    body = (b"vllm:num_requests_running 2\n", b"vllm:num_requests_waiting 3\n")
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in body) + b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("metrics", [huge, huge_chunked], ids=["content-length", "chunked"])
+def test_a_huge_metrics_answer_is_not_read_whole(store, clock, metrics):
+    node = RawNode(metrics)
+    try:
+        prober = Prober(store, interval=5, clock=clock)
+        status, text = prober._get(f"http://127.0.0.1:{node.port}/metrics")
+        assert (status, text) == (0, "")  # past the 1 MiB cap: no answer, and nothing kept
+        register(store, node.port, clock())
+        assert prober.probe(store.load("n1"))  # healthy still, its load just unknown
+        assert store.load("n1").node_info.running == 7
+    finally:
+        node.close()
+
+
+def test_a_node_that_trickles_cannot_hold_a_poll(store, clock):
+    import time
+
+    node = RawNode(trickle)
+    try:
+        prober = Prober(store, interval=1, clock=clock)  # the deadline: the interval, at most 5 s
+        started = time.monotonic()
+        assert prober._get(f"http://127.0.0.1:{node.port}/metrics") == (0, "")
+        assert time.monotonic() - started < 2
+    finally:
+        node.close()
+
+
+def test_a_chunked_metrics_answer_is_read(store, clock):
+    node = RawNode(chunked_small)
+    try:
+        register(store, node.port, clock())
+        assert Prober(store, interval=5, clock=clock).probe(store.load("n1"))
+        assert (store.load("n1").node_info.running, store.load("n1").node_info.waiting) == (2, 3)
+    finally:
+        node.close()

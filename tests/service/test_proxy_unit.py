@@ -82,16 +82,19 @@ CLIENT_HEADERS = {
     "endpoint-load-metrics-format": "TEXT",
     "OpenAI-Organization": "org-1",
     "User-Agent": "OpenAI/Python",
+    "X-Forwarded-For": "10.0.0.1",
+    "Metadata-Flavor": "Google",
+    "X-Session-Id": "s-1",
 }
 
 
-def test_request_headers_keep_the_end_to_end_ones(proxy):
+def test_request_headers_keep_only_what_vllm_needs(proxy):
     sent = proxy._request_headers(CLIENT_HEADERS, "trace-1")
     assert sent == {
         "Content-Type": "application/json",
         "Accept": "text/event-stream",
-        "OpenAI-Organization": "org-1",
         "User-Agent": "OpenAI/Python",
+        "X-Session-Id": "s-1",
         "X-Trace-ID": "trace-1",
         "X-Request-Id": "trace-1",
         "endpoint-load-metrics-format": "JSON",
@@ -116,7 +119,7 @@ class _Headers:
         return list(self._items)
 
 
-def test_response_headers_drop_hop_by_hop_cookies_and_the_load_report():
+def test_response_headers_keep_only_what_describes_the_answer():
     upstream = FakeResponse(
         [
             ("Content-Type", "text/event-stream"),
@@ -127,6 +130,10 @@ def test_response_headers_drop_hop_by_hop_cookies_and_the_load_report():
             ("endpoint-load-metrics", 'JSON {"named_metrics": {}}'),
             ("Cache-Control", "no-cache"),
             ("x-request-id", "trace-1"),
+            ("Content-Length", "1000"),
+            ("Access-Control-Allow-Origin", "*"),
+            ("Server", "uvicorn"),
+            ("X-Internal", "1"),
         ]
     )
     assert Proxy._response_headers(upstream) == [

@@ -1,0 +1,41 @@
+"""Checking a client's request path before it becomes a node's: one segment
+at a time, so nothing a client sends can climb out of the route it came in by."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from model.errors import BadRequest
+
+# RFC 3986 path characters, minus percent-encoding: what vLLM's routes use,
+# and nothing a node's router or URL parser could read as a separator.
+SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+def checked_path(path: str, raw_uri: str | None = None) -> str:
+    """`path` (as the WSGI server decoded it) when every segment is plain.
+    `raw_uri` is what the client really sent (RAW_URI / REQUEST_URI), checked
+    for percent-escapes, since `%2e%2e` or `%2F` decode into what the segment
+    check would otherwise have to guess about. Raises BadRequest naming the
+    problem."""
+    if raw_uri is not None:
+        raw_path = urlsplit(raw_uri).path if "://" in raw_uri.split("?", 1)[0] else raw_uri.split("?", 1)[0]
+        if "%" in raw_path:
+            raise BadRequest("path: percent-encoded characters are not allowed")
+    if not path.startswith("/"):
+        raise BadRequest("path: must start with /")
+    for segment in path[1:].split("/"):
+        if segment in (".", ".."):
+            raise BadRequest("path: '.' and '..' segments are not allowed")
+        if not segment:
+            raise BadRequest("path: empty segments are not allowed")
+        if not SEGMENT.fullmatch(segment):
+            raise BadRequest(f"path: segment {segment[:64]!r} has characters that are not allowed")
+    return path
+
+
+def checked_query(query: str) -> str:
+    """The query string re-encoded from its parsed pairs, so it can only ever
+    be a query: nothing in it can end it or reach into the path."""
+    return urlencode(parse_qsl(query, keep_blank_values=True))
