@@ -275,7 +275,8 @@ class SimFleet:
                "backends": backends}
         spec = stack.logdir / f"fleet-{member.name}.json"
         spec.write_text(json.dumps(doc, indent=1))
-        self.proc = stack.start(f"sim-{member.name}", [python, str(sim), "--fleet", str(spec), "--log-level", "WARNING"])
+        self.proc = stack.start(f"sim-{member.name}",
+                                [python, str(sim), "--fleet", str(spec), "--log-level", "WARNING"])
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
 
     async def ready(self) -> SimFleet:
