@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
 
-from agent.metrics import MetricsError, parse_load
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
 from model.node import Node
+from model.vllm_metrics import MetricsError, parse_load
 
 log = logging.getLogger("nvllm.probe")
 
