@@ -313,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.http import serve
 
-    return serve(settings)
+    return serve(settings, serving_app)
+
+
+def serving_app(settings: Settings) -> Flask:
+    """The app a server worker runs: the fleet refresher starts at once, not
+    with the first routed request."""
+    return create_app(settings, background=True)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.metrics import Load
 from agent.nvllm import NodeGone, NvllmError, Rejected, Unreachable
 from agent.vllm import VllmError
+from model.vllm_metrics import Load
 
 log = logging.getLogger("nvllm.agent")
 

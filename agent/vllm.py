@@ -6,8 +6,8 @@ import json
 
 import urllib3
 
-from agent.metrics import Load, MetricsError, parse_load
 from agent.transport import USER_AGENT, HTTPError, describe, make_pool
+from model.vllm_metrics import Load, MetricsError, parse_load
 
 
 class VllmError(Exception):

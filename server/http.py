@@ -46,8 +46,10 @@ KEEPALIVE = 75
 WANTED_OPEN_FILES = 65536
 
 
-def serve(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT; return the process's exit code."""
+def serve(settings: Settings, app_factory: Callable[[Settings], Any]) -> int:
+    """Serve until SIGTERM or SIGINT; return the process's exit code. Each
+    worker builds its app with `app_factory` (main.py passes its own), so this
+    module never imports main."""
     address = display_address(settings.host, settings.port)
     try:
         check_bindable(settings.host, settings.port)
@@ -62,8 +64,8 @@ def serve(settings: Settings) -> int:
         with open_store(settings, owner=SERVICE) as url:
             settings = settings.replace(redis_url=url)
             if settings.debug:
-                return serve_debug(settings, address)
-            return serve_gunicorn(settings, address)
+                return serve_debug(settings, address, app_factory)
+            return serve_gunicorn(settings, address, app_factory)
     except StoreError as exc:
         print(f"nvllm: {exc}", file=sys.stderr)
         return 1
@@ -73,9 +75,9 @@ def serve(settings: Settings) -> int:
         return _exit_code(exc)
 
 
-def serve_gunicorn(settings: Settings, address: str) -> int:
+def serve_gunicorn(settings: Settings, address: str, app_factory: Callable[[Settings], Any]) -> int:
     try:
-        NvllmServer(settings, on_ready=lambda: _announce(address)).run()
+        NvllmServer(settings, app_factory=app_factory, on_ready=lambda: _announce(address)).run()
     except SystemExit as exc:  # gunicorn always leaves through sys.exit
         return _exit_code(exc)
     return 0
@@ -87,10 +89,10 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def serve_debug(settings: Settings, address: str) -> int:
+def serve_debug(settings: Settings, address: str, app_factory: Callable[[Settings], Any]) -> int:
     """Flask's dev server with the debugger: for development only, since the
     debugger runs any Python for whoever reaches the port."""
-    app = _create_app(settings)
+    app = app_factory(settings)
     log.warning("debug mode: Flask's development server and debugger; never expose it")
     _announce(address)
     try:
@@ -110,11 +112,11 @@ class NvllmServer(BaseApplication):
         self,
         settings: Settings,
         *,
-        app_factory: Callable[[Settings], Any] | None = None,
+        app_factory: Callable[[Settings], Any],
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.app_factory = app_factory or _create_app
+        self.app_factory = app_factory
         self.on_ready = on_ready
         super().__init__(prog="nvllm")
 
@@ -146,14 +148,6 @@ class NvllmServer(BaseApplication):
 
     def load(self) -> Any:
         return self.app_factory(self.settings)
-
-
-def _create_app(settings: Settings) -> Any:
-    from main import create_app
-
-    # background: the fleet refresher runs from the start, not from the first
-    # routed request.
-    return create_app(settings, background=True)
 
 
 def close_app(app: Any) -> None:

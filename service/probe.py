@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from agent.metrics import MetricsError, parse_load
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
 from model.node import Node
+from model.vllm_metrics import MetricsError, parse_load
 from service.netpolicy import AddressRefused, NetworkPolicy
 
 log = logging.getLogger("nvllm.probe")

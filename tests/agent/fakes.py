@@ -7,9 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.metrics import Load
 from agent.nvllm import NodeGone, Rejected, Unreachable
 from agent.vllm import VllmError
+from model.vllm_metrics import Load
 
 
 def make_config(**changes: Any) -> AgentConfig:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent.metrics import Load
 from agent.nvllm import NodeGone, NvllmClient, Rejected, Unreachable
 from agent.vllm import VllmClient, VllmError
+from model.vllm_metrics import Load
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "model" / "fixtures"  # vLLM /metrics samples, shared with the parser tests
 TOKEN = "worker-token-abc"
 
 Reply = tuple[int, dict[str, str], bytes]

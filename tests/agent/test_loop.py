@@ -9,7 +9,7 @@ import pytest
 
 from agent.backoff import Backoff
 from agent.loop import Agent
-from agent.metrics import Load
+from model.vllm_metrics import Load
 from tests.agent.fakes import FakeClock, FakeNvllm, FakeVllm, Rejected, Unreachable, make_config
 
 NODE = "gpu-1-8000"

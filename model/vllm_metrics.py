@@ -1,4 +1,8 @@
-"""vLLM's Prometheus /metrics text turned into the node's load (running, waiting, KV cache)."""
+"""vLLM's Prometheus /metrics text turned into the node's load (running, waiting, KV cache).
+
+Shared by the agent (its heartbeats) and service/probe.py (polling nodes that
+have no agent); it needs only prometheus-client, which both requirement files
+carry."""
 
 from __future__ import annotations
 

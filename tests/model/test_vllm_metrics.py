@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.metrics import Load, MetricsError, parse_load
+from model.vllm_metrics import Load, MetricsError, parse_load
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -100,3 +100,20 @@ def test_node_info_passes_nvllm_validation():
     for name in ("vllm_current.txt", "vllm_older.txt", "vllm_data_parallel.txt"):
         info = parse_load(fixture(name)).to_node_info()
         assert NodeInfo.validate(info) == info
+
+
+def test_the_agent_and_the_poller_share_one_parser_outside_the_agent():
+    import ast
+
+    import agent.vllm
+    import model.vllm_metrics
+    import service.probe
+
+    assert agent.vllm.parse_load is service.probe.parse_load is model.vllm_metrics.parse_load
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "service").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n == "agent" or n.startswith("agent.") for n in names), path.name
