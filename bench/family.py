@@ -465,8 +465,7 @@ async def run_conversations(target: Any, convs: Sequence[Conversation], member: 
 async def run_once(member: Member, engine: str, config: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     name, policy = config.split(":", 1)
     async with Stack(make_logdir(f"family-{member.name}")) as stack:
-        fleet = (await SimFleet(stack, member, Path(args.sim), sys.executable).ready() if engine == "sim"
-                 else await FakeFleet(stack, member).ready())
+        fleet = await start_fleet(stack, member, engine, args)
         target = await start_target(stack, fleet.for_router(name), name, policy)
         served0, (hits0, queries0) = await fleet.served(), await fleet.prefix_counters()
         async with Meter(target.pids) as meter:
@@ -494,6 +493,21 @@ async def run_once(member: Member, engine: str, config: str, seed: int, args: ar
         f"{secs(row['ttft_p99'])} s, e2e p99 {secs(row['e2e_p99'])} s, {row['req_per_s']:.2f} req/s, hit {hit:.1%}, "
         f"errors {row['errors']}, share " + "/".join(str(s) for s in served))
     return row
+
+
+async def start_fleet(stack: Stack, member: Member, engine: str, args: argparse.Namespace) -> Any:
+    """The member's fleet on one engine. The simulator listens on ports picked
+    here, which another process on the machine may take first: then again."""
+    if engine != "sim":
+        return await FakeFleet(stack, member).ready()
+    for attempt in range(3):
+        try:
+            return await SimFleet(stack, member, Path(args.sim), sys.executable).ready()
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
+            log(f"  a port of the simulator was taken; starting it again ({exc.__class__.__name__})")
+    raise AssertionError("unreachable")
 
 
 def result_path(member: Member, engine: str, seed: int) -> Path:
