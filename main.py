@@ -75,6 +75,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     from service.fleet import Fleet
     from service.metrics import BalancerMetrics
     from service.netpolicy import NetworkPolicy
+    from service.probe import bounded_get
     from service.proxy import Proxy, UpstreamConfig
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
@@ -84,13 +85,13 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     app.extensions["nvllm.netpolicy"] = netpolicy
 
     def healthy(node) -> bool:
+        # The fleet refresher asks this of ejected nodes: bounded in size and
+        # time, so a node that trickles its answer cannot hold the refresher.
         try:
-            # The address is checked, as for every connection to a node.
-            url = netpolicy.target(node).base_url
-            answer = http.request("GET", url + "/health", timeout=1.0, retries=False)
-        except (urllib3.exceptions.HTTPError, OSError):
+            url = netpolicy.target(node).base_url  # checked, as for every connection to a node
+        except OSError:
             return False
-        return answer.status == 200
+        return bounded_get(url + "/health", 1.0)[0] == 200
 
     fleet = Fleet(
         stores.nodes,

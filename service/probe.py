@@ -100,23 +100,7 @@ class Prober:
         return healthy
 
     def _get(self, url: str) -> tuple[int, str]:
-        """(status, body) of a GET, or (0, "") when the node does not give a
-        whole answer of at most MAX_ANSWER bytes within the deadline. Read by
-        hand, with each read's timeout the time left, because a node that
-        trickles bytes would keep any per-read timeout from ever firing."""
-        deadline = time.monotonic() + min(self._interval or PROBE_DEADLINE, PROBE_DEADLINE)
-        parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            return 0, ""
-        request = (f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                   "Accept: text/plain\r\nUser-Agent: nvllm-probe\r\nConnection: close\r\n\r\n")
-        try:
-            with socket.create_connection((parts.hostname, parts.port or 80), timeout=PROBE_TIMEOUT) as sock:
-                sock.sendall(request.encode("ascii"))
-                raw = _read_answer(sock, deadline)
-        except (OSError, ValueError):
-            return 0, ""
-        return _parse_answer(raw) if raw is not None else (0, "")
+        return bounded_get(url, min(self._interval or PROBE_DEADLINE, PROBE_DEADLINE))
 
     def _log_change(self, node_id: str, healthy: bool) -> None:
         if healthy and node_id in self._failing:
@@ -141,6 +125,26 @@ class Prober:
 
 
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+
+
+def bounded_get(url: str, seconds: float) -> tuple[int, str]:
+    """(status, body) of a GET, or (0, "") when the node does not give a
+    whole answer of at most MAX_ANSWER bytes within `seconds`. Read by hand,
+    with each read's timeout the time left, because a node that trickles
+    bytes would keep any per-read timeout from ever firing."""
+    deadline = time.monotonic() + seconds
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None:
+        return 0, ""
+    request = (f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+               "Accept: text/plain\r\nUser-Agent: nvllm-probe\r\nConnection: close\r\n\r\n")
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=min(PROBE_TIMEOUT, seconds)) as sock:
+            sock.sendall(request.encode("ascii"))
+            raw = _read_answer(sock, deadline)
+    except (OSError, ValueError):
+        return 0, ""
+    return _parse_answer(raw) if raw is not None else (0, "")
 
 
 def _read_answer(sock: socket.socket, deadline: float) -> bytes | None:

@@ -224,3 +224,20 @@ def test_a_chunked_metrics_answer_is_read(store, clock):
         assert (store.load("n1").node_info.running, store.load("n1").node_info.waiting) == (2, 3)
     finally:
         node.close()
+
+
+def test_the_health_check_of_ejected_nodes_is_bounded_in_time():
+    """main.py's check of an ejected node runs in the fleet refresher: a node
+    that trickles its /health must not hold the refresher (and so routing)."""
+    import time
+
+    from service.probe import bounded_get
+
+    node = RawNode(trickle)  # serves the trickle on any path but /health ...
+    try:
+        started = time.monotonic()
+        assert bounded_get(f"http://127.0.0.1:{node.port}/slow-health", 1.0) == (0, "")
+        assert time.monotonic() - started < 1.5
+        assert bounded_get(f"http://127.0.0.1:{node.port}/health", 1.0)[0] == 200
+    finally:
+        node.close()
