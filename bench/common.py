@@ -274,18 +274,7 @@ class Fleet:
             return out
 
     async def prefix_counters(self) -> tuple[float, float]:
-        """(hits, queries) summed over nodes, from each node's Prometheus /metrics."""
-        hits = queries = 0.0
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-            for url in self.urls:
-                async with s.get(url + "/metrics") as r:
-                    text = await r.text()
-                for line in text.splitlines():
-                    if line.startswith("vllm:prefix_cache_hits_total"):
-                        hits += float(line.rsplit(" ", 1)[1])
-                    elif line.startswith("vllm:prefix_cache_queries_total"):
-                        queries += float(line.rsplit(" ", 1)[1])
-        return hits, queries
+        return await prefix_counters(self.urls)
 
     async def wait_idle(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -295,6 +284,22 @@ class Fleet:
                 return True
             await asyncio.sleep(0.2)
         return False
+
+
+async def prefix_counters(urls: Sequence[str]) -> tuple[float, float]:
+    """(hits, queries) summed over nodes, from each node's Prometheus /metrics
+    (vLLM's names, which the fake and the independent simulator both use)."""
+    hits = queries = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        for url in urls:
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            for line in text.splitlines():
+                if line.startswith("vllm:prefix_cache_hits_total"):
+                    hits += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("vllm:prefix_cache_queries_total"):
+                    queries += float(line.rsplit(" ", 1)[1])
+    return hits, queries
 
 
 # --- targets: nvllm, vllm-router, sglang-router, or the backend itself -------

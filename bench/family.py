@@ -74,6 +74,7 @@ from common import (
     make_logdir,
     markdown_table,
     open_loop,
+    prefix_counters,
     rng_words,
     secs,
     send,
@@ -298,7 +299,7 @@ class SimFleet:
             return out
 
     async def prefix_counters(self) -> tuple[float, float]:
-        return await _prefix_counters(self.urls)
+        return await prefix_counters(self.urls)
 
 
 @dataclass
@@ -341,21 +342,7 @@ class FakeFleet:
         return [s["completed"] for f in self.fleets for s in await f.stats()]
 
     async def prefix_counters(self) -> tuple[float, float]:
-        return await _prefix_counters(self.urls)
-
-
-async def _prefix_counters(urls: Sequence[str]) -> tuple[float, float]:
-    hits = queries = 0.0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        for url in urls:
-            async with s.get(url + "/metrics") as r:
-                text = await r.text()
-            for line in text.splitlines():
-                if line.startswith("vllm:prefix_cache_hits_total"):
-                    hits += float(line.rsplit(" ", 1)[1])
-                elif line.startswith("vllm:prefix_cache_queries_total"):
-                    queries += float(line.rsplit(" ", 1)[1])
-    return hits, queries
+        return await prefix_counters(self.urls)
 
 
 # -- load ------------------------------------------------------------------------------
