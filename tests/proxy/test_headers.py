@@ -5,64 +5,30 @@ and vLLM's in-band load report read and kept to ourselves."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from model.node import NodeInfo
+from tests.proxy.recorder import Recorder, serving
 
 pytestmark = pytest.mark.integration  # a live nvllm and upstream servers
 
 
-class Recorder(ThreadingHTTPServer):
-    """An upstream that records each request's headers and answers with a
-    fixed JSON body and a few headers a proxy must not pass on."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _RecordingHandler)
-        self.seen: list[dict[str, str]] = []
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-
-class _RecordingHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Recorder
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.seen.append(dict(self.headers.items()))
-        body = json.dumps({"object": "chat.completion", "choices": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Set-Cookie", "node-session=secret")
-        self.send_header("endpoint-load-metrics", 'JSON {"named_metrics": {"num_requests_waiting": 4}}')
-        self.send_header("X-Upstream", "internal")
-        self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Retry-After", "3")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+# Headers a proxy must not pass on to its client (and its load report).
+NODE_HEADERS = [
+    ("Set-Cookie", "node-session=secret"),
+    ("endpoint-load-metrics", 'JSON {"named_metrics": {"num_requests_waiting": 4}}'),
+    ("X-Upstream", "internal"),
+    ("Access-Control-Allow-Origin", "*"),
+    ("Retry-After", "3"),
+]
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(Recorder(NODE_HEADERS)) as server:
+        yield server
 
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -116,7 +82,7 @@ def test_the_upstream_api_key_is_sent_instead_of_the_clients_token(start_nvllm, 
     live = start_nvllm(upstream_api_key="node-secret")
     live.register("rec", recorder.port)
     assert live.post("/v1/chat/completions", BODY).status == 200
-    assert recorder.seen[-1]["Authorization"] == "Bearer node-secret"
+    assert recorder.seen[-1]["authorization"] == "Bearer node-secret"
 
 
 def test_a_node_started_with_an_api_key(start_nvllm, start_fake):

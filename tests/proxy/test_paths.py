@@ -6,52 +6,19 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from tests.proxy.recorder import Recorder, serving
 
 pytestmark = pytest.mark.integration  # a live nvllm and an upstream server
 
 
-class PathRecorder(ThreadingHTTPServer):
-    """An upstream that records the request target of everything it is sent."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.paths: list[str] = []
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: PathRecorder
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.paths.append(self.path)
-        body = b'{"object": "chat.completion", "choices": []}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def recorder() -> Iterator[PathRecorder]:
-    server = PathRecorder()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def recorder() -> Iterator[Recorder]:
+    with serving(Recorder()) as server:
+        yield server
 
 
 def raw_post(port: int, target: str, token: str) -> tuple[int, bytes]:

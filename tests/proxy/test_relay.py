@@ -4,64 +4,25 @@ tells a client nothing about what is listening where."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from model.node import NodeInfo
 from service.netpolicy import NetworkPolicy
+from tests.proxy.recorder import Recorder, serving
 
 pytestmark = pytest.mark.integration  # a live nvllm and upstream servers
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-class Upstream(ThreadingHTTPServer):
-    """Records each request's Host and Authorization and answers 200."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.seen: list[dict[str, str]] = []
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Upstream
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.seen.append({k.lower(): v for k, v in self.headers.items()})
-        body = json.dumps({"object": "chat.completion", "choices": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    server = Upstream()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def upstream() -> Iterator[Recorder]:
+    with serving(Recorder()) as server:
+        yield server
 
 
 def use_dns(live, answers: dict[str, list[str]], **options) -> None:
