@@ -165,6 +165,11 @@ class NetworkPolicy:
         self._clock = clock
         self._cache: dict[str, tuple[float, list[str] | None]] = {}
         self._lock = threading.Lock()
+        # Verdicts on an IP address never change for this policy: judged once,
+        # not on every request to the node (the proxy asks at each connection).
+        self._literals: dict[str, tuple[str, str | None]] = {}  # IP literal -> (address, refusal)
+        self._refusals: dict[str, str | None] = {}  # resolved address -> refusal
+        self._key_ok: dict[str, bool] = {}
 
     @classmethod
     def from_settings(
@@ -195,25 +200,42 @@ class NetworkPolicy:
 
     def sends_key(self, ip: str) -> bool:
         """True when the upstream API key may go to `ip` (a checked address)."""
-        addr = _plain(ipaddress.ip_address(ip))
-        return any(addr.version == net.version and addr in net for net in self.key_networks)
+        verdict = self._key_ok.get(ip)
+        if verdict is None:
+            addr = _plain(ipaddress.ip_address(ip))
+            verdict = any(addr.version == net.version and addr in net for net in self.key_networks)
+            _remember(self._key_ok, ip, verdict)
+        return verdict
+
+    def _refusal_of(self, ip: str) -> str | None:
+        """refusal() of an address in text, remembered."""
+        if ip in self._refusals:
+            return self._refusals[ip]
+        reason = self.refusal(ipaddress.ip_address(ip))
+        _remember(self._refusals, ip, reason)
+        return reason
 
     def check(self, address: str) -> list[str]:
         """The addresses `address` (an IP or a host name) stands for, every one
         allowed. Raises AddressUnresolved, or AddressRefused with the reason.
         The reason never lists what a name resolved to."""
-        literal = _literal(address)
-        if literal is not None:
-            reason = self.refusal(literal)
+        judged = self._literals.get(address)
+        if judged is None:
+            literal = _literal(address)
+            if literal is not None:
+                judged = (str(literal), self.refusal(literal))
+                _remember(self._literals, address, judged)
+        if judged is not None:
+            ip, reason = judged
             if reason:
                 raise AddressRefused(reason)
-            return [str(literal)]
+            return [ip]
         name = address.rstrip(".").lower()
         if _METADATA_LABELS.intersection(name.split(".")):
             raise AddressRefused("cloud metadata host names are never allowed")
         ips = self._resolve(name)
         for ip in ips:
-            reason = self.refusal(ipaddress.ip_address(ip.split("%", 1)[0]))
+            reason = self._refusal_of(ip.split("%", 1)[0])
             if reason:
                 raise AddressRefused(f"{address} resolves to a refused address ({reason})")
         return ips
@@ -250,6 +272,14 @@ class NetworkPolicy:
         if not ips:
             raise AddressUnresolved(f"{name} does not resolve")
         return ips
+
+
+def _remember(memo: dict, key: str, value: object) -> None:
+    """A bounded memo: cleared when full (addresses are few; a flood of
+    distinct ones must not grow it without end)."""
+    if len(memo) >= MAX_CACHED:
+        memo.clear()
+    memo[key] = value
 
 
 def _literal(address: str) -> IPAddress | None:
