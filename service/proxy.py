@@ -255,13 +255,12 @@ class Proxy:
         # connection goes to the address just checked. A refused one raises
         # AddressRefused, an OSError: tried elsewhere like a refused connection.
         target = self.fleet.netpolicy.target(state.node)
-        headers = dict(headers)
         if target.named:
-            headers["Host"] = target.host_header
+            headers = {**headers, "Host": target.host_header}
         # The key goes only where the operator said nodes started with it live,
         # never to a server a worker pointed nvllm at.
         if self.config.api_key and self.fleet.netpolicy.sends_key(target.ip):
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
+            headers = {**headers, "Authorization": f"Bearer {self.config.api_key}"}
         # A stream must start within the first-byte timeout (see _first_chunk);
         # a whole (non-streamed) answer may take as long as generation.
         first = self.config.stream_timeout if stream else self.config.read_timeout
