@@ -14,7 +14,7 @@ DEV_REQS := requirements.txt requirements-agent.txt requirements-fake.txt requir
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help run test pytest smoke install-check lint clean distclean
+.PHONY: help run test pytest smoke install-check system-deps lint clean distclean
 
 help:
 	@echo "make run      install requirements (once) and run nvllm (ARGS='--port 8080')"
@@ -22,6 +22,7 @@ help:
 	@echo "make pytest   only the pytest suite (PYTEST_ARGS='-m \"not integration\"')"
 	@echo "make smoke    only tests/test.sh against a fresh server"
 	@echo "make install-check  each requirements file alone in a throwaway venv: main.py serves, agent and fakevllm start"
+	@echo "make system-deps  the Debian packages some tests need (.ci/system-packages.txt; root or sudo)"
 	@echo "make lint     ruff"
 	@echo "make clean    caches and install stamps; 'make distclean' also removes $(VENV)"
 
@@ -53,6 +54,9 @@ pytest: $(VENV)/.installed-dev
 
 smoke: $(VENV)/.installed-dev
 	@$(SMOKE)
+
+system-deps:
+	bash .ci/system-deps
 
 install-check:
 	PYTHON=$(PYTHON) bash tests/install_check.sh
