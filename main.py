@@ -77,6 +77,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     from service.netpolicy import NetworkPolicy
     from service.probe import bounded_get
     from service.proxy import Proxy, UpstreamConfig
+    from service.responses import ResponseAffinity
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
     netpolicy = NetworkPolicy.from_settings(
@@ -110,6 +111,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )
+    app.extensions["nvllm.responses"] = ResponseAffinity(stores.responses, settings.response_ttl)
     metrics = BalancerMetrics(fleet)
     app.extensions["nvllm.metrics"] = metrics
     app.extensions["nvllm.proxy"] = Proxy(

@@ -1,8 +1,8 @@
-"""The OpenAI-compatible /v1 routes, forwarded to the fleet."""
+"""The model routes (OpenAI-compatible /v1, Anthropic's /v1/messages, vLLM's own
+tokenize, rerank, score, ...), forwarded to the fleet as service/routes.py lists them."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -19,11 +19,14 @@ from flask import (
 from werkzeug.exceptions import ClientDisconnected
 
 from middleware.auth import require_role
+from middleware.redis_client import get_stores
 from middleware.trace import current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
-from service.balancer import route_request
 from service.paths import checked_path, checked_query
 from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
+from service.responses import ResponseAffinity
+from service.routes import PASSTHROUGH_METHODS, root_paths
+from service.shape import shape_request
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
@@ -34,6 +37,10 @@ def get_proxy() -> Proxy:
 
 def get_slots() -> UserSlots:
     return current_app.extensions["nvllm.user_slots"]
+
+
+def get_affinity() -> ResponseAffinity:
+    return current_app.extensions["nvllm.responses"]
 
 
 @bp.get("/models")
@@ -51,50 +58,65 @@ def models() -> Response:
 
 
 # merge_slashes off: werkzeug would otherwise redirect `//` away before the
-# path check sees it.
-@bp.post("/<path:subpath>", merge_slashes=False)
-@require_role("user")
+# path check sees it. Which path takes which method is service/routes.py's
+# to say (405 with Allow), so every method reaches the view.
+@bp.route("/<path:subpath>", methods=sorted(PASSTHROUGH_METHODS), merge_slashes=False)
+@require_role("user", api_key_header=True)
 def forward(subpath: str) -> Response:
+    return _proxy_view()
+
+
+# vLLM's routes outside /v1 (tokenize, rerank, score, ...), one rule each.
+root_bp = Blueprint("proxy_root", __name__)
+for _path, _methods in root_paths():
+    root_bp.add_url_rule(_path, endpoint=_path.strip("/").replace("/", "_"), methods=sorted(_methods),
+                         merge_slashes=False, view_func=require_role("user", api_key_header=True)(
+                             lambda: _proxy_view()))
+
+
+def _proxy_view() -> Response:
     started = time.perf_counter()
     path = checked_path(request.path, request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI"))
     query = checked_query(request.query_string.decode("latin-1"))
     slot = get_slots().acquire(g.user.username)
     try:
-        response = _forward(path + (f"?{query}" if query else ""), started, slot.release)
+        response = _forward(path, query, started, slot.release)
     except BaseException:
         slot.release()
         raise
     return response
 
 
-def _forward(path: str, started: float, release: Callable[[], None]) -> Response:
-    body = _read_body()
-    try:
-        payload = json.loads(body) if body else {}
-    # RecursionError: nesting deep enough to exhaust the parser, e.g. "[[[[...".
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("request body must be valid JSON") from None
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object")
+def _forward(path: str, query: str, started: float, release: Callable[[], None]) -> Response:
+    shaped = shape_request(request.method, path, query, request.content_type, _read_body(), request.headers)
     proxy = get_proxy()
+    affinity = get_affinity()
+    if shaped.response_id is not None:
+        shaped.route.pinned_node = affinity.node_for(shaped.response_id, proxy.fleet, get_stores().clock())
     try:
         answer = proxy.forward(
-            path,
-            body,
-            route_request(payload),
+            shaped.target,
+            shaped.body,
+            shaped.route,
             dict(request.headers),
-            stream=payload.get("stream") is True,
+            stream=shaped.stream,
             trace_id=current_trace_id(),
+            method=shaped.method,
         )
     except NodeFailed as exc:
         raise UpstreamFailed(exc.attempts, exc.cause) from None
+    body = answer.body
+    if shaped.creates_response and answer.status == 200:
+        body = affinity.tap(body, answer.node_id, shaped.stream)
 
     def relay():
         try:
-            yield from answer.body
+            yield from body
         except BodyCut:
             _close_client_connection()
         finally:
+            # The tap may stop early (client gone): the node's answer must close too.
+            answer.body.close()
             release()
             log_request(answer.status, (time.perf_counter() - started) * 1000,
                         node=answer.node_id, attempts=answer.attempts)
@@ -103,7 +125,8 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
         stream_with_context(relay()), status=answer.status, headers=answer.headers, direct_passthrough=True
     )
     response.headers["X-NVLLM-Node"] = answer.node_id
-    response.headers["X-NVLLM-Route"] = answer.reason
+    pinned = f"pinned:{shaped.response_id} " if shaped.response_id else ""
+    response.headers["X-NVLLM-Route"] = pinned + answer.reason
     return response
 
 

@@ -17,6 +17,7 @@ from config import Settings
 from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
+from dao.responses import ResponseStore
 from dao.user import UserStore
 from service.token import TokenService
 
@@ -31,6 +32,7 @@ class Stores:
     inflight: InflightStore
     users: UserStore
     tokens: TokenService
+    responses: ResponseStore
     clock: Callable[[], float]
 
 
@@ -68,6 +70,7 @@ def init_redis(
         tokens=TokenService(
             users, _secret_source(settings, users), max_stale=settings.auth_max_stale, clock=clock
         ),
+        responses=ResponseStore(client, keys),
         clock=clock,
     )
     app.extensions["redis"] = client

@@ -65,7 +65,6 @@ BLOCK_CHARS = 256  # prompt characters per prefix block (~64 tokens)
 MAX_BLOCKS = 64  # hash at most the first 16K characters
 NEAR_TIE = 1.10
 DEFAULT_OUT_TOKENS = 256  # when the body sets no max_tokens
-MAX_OUT_TOKENS = 8192
 CHARS_PER_TOKEN = 4
 # One prompt token's prefill costs about this many decode steps (vLLM on a
 # current GPU: 0.005-0.01); it turns prompt length into seconds on each node.
@@ -86,6 +85,8 @@ class RouteRequest:
     ttft: float | None = None  # the same: when its first token is expected
     continues: bytes | None = None  # set by LoadPolicy.choose: the conversation tip it extends
     shared: bool = False  # the same: its start is a prefix some node was sent before
+    pinned_node: str | None = None  # only this node may serve it (it holds the stored response named)
+    session: str | None = None  # what the client says ties its requests together (service/shape.py)
 
 
 @dataclass(frozen=True)
@@ -108,61 +109,6 @@ class Policy(Protocol):
     def choose(self, candidates: Sequence[NodeState], request: RouteRequest) -> Decision: ...
 
     def routed(self, state: NodeState, request: RouteRequest) -> None: ...
-
-
-def prompt_text(body: dict[str, Any]) -> str:
-    """The text a prefix cache would see first: chat messages, prompt or input."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        parts = []
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(
-                    p.get("text", "") for p in content if isinstance(p, dict)
-                )
-            parts.append(f"{message.get('role', '')}:{content if isinstance(content, str) else ''}\n")
-        return "".join(parts)
-    for key in ("prompt", "input"):
-        value = body.get(key)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value and isinstance(value[0], str):
-            return value[0]
-    return ""
-
-
-def prefix_blocks(text: str) -> list[bytes]:
-    """Chained hashes of whole blocks: block k's hash covers blocks 0..k."""
-    blocks = []
-    digest = b""
-    encoded = text[: BLOCK_CHARS * MAX_BLOCKS]
-    for start in range(0, len(encoded) - BLOCK_CHARS + 1, BLOCK_CHARS):
-        chunk = encoded[start : start + BLOCK_CHARS].encode("utf-8", "surrogatepass")
-        digest = hashlib.blake2b(digest + chunk, digest_size=8).digest()
-        blocks.append(digest)
-    return blocks
-
-
-def out_tokens(body: dict[str, Any]) -> int:
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return min(value, MAX_OUT_TOKENS)
-    return DEFAULT_OUT_TOKENS
-
-
-def route_request(body: dict[str, Any]) -> RouteRequest:
-    model = body.get("model")
-    text = prompt_text(body)
-    return RouteRequest(
-        model=model if isinstance(model, str) else None,
-        blocks=prefix_blocks(text),
-        prompt_chars=len(text),
-        out_tokens=out_tokens(body),
-    )
 
 
 class PrefixIndex:

@@ -177,17 +177,19 @@ class Proxy:
         return self.policy.choose(candidates, request)
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
-        return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude]
+        return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude
+                and request.pinned_node in (None, s.node_id)]
 
     def forward(
         self,
         path: str,
-        body: bytes,
+        body: bytes | None,
         request: RouteRequest,
         headers: dict[str, str],
         *,
         stream: bool,
         trace_id: str,
+        method: str = "POST",
     ) -> Forwarded:
         """Send to the best node, retrying on others before any byte is
         returned. Raises NoRoutableNode, or NodeFailed when all attempts failed."""
@@ -210,7 +212,7 @@ class Proxy:
             state.begin(ticket, Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
                                      expected_ttft=request.ttft), stream)
             try:
-                response = self._send(state, path, body, upstream_headers, stream)
+                response = self._send(state, method, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
                 state.end(ticket)
@@ -249,7 +251,8 @@ class Proxy:
             )
         raise NodeFailed(last_cause, len(tried))
 
-    def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
+    def _send(self, state: NodeState, method: str, path: str, body: bytes | None, headers: dict[str, str],
+              stream: bool):
         # The address is checked at every connection, not only at registration:
         # a name can resolve elsewhere by now (DNS rebinding), so the
         # connection goes to the address just checked. A refused one raises
@@ -265,7 +268,7 @@ class Proxy:
         # a whole (non-streamed) answer may take as long as generation.
         first = self.config.stream_timeout if stream else self.config.read_timeout
         response = self.http.urlopen(
-            "POST",
+            method,
             target.base_url + path,
             body=body,
             headers=headers,

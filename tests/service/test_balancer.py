@@ -26,12 +26,10 @@ from service.balancer import (
     RoundRobinPolicy,
     RouteRequest,
     make_policy,
-    prefix_blocks,
-    prompt_text,
-    route_request,
 )
 from service.fleet import Fleet, NodeState, Sent
 from service.proxy import Proxy, UpstreamConfig
+from service.shape import prefix_blocks, prompt_text, route_request
 from tests.helpers import START
 
 
