@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from fakevllm import apis
 from fakevllm import protocol as p
 from fakevllm.engine import Engine, Seq, block_hashes
 from fakevllm.metrics import VLLMCollector, make_registry, orca_header, render
@@ -28,7 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAULT_MODES = (None, "down", "refuse", "error500", "unhealthy", "slow", "hang", "busy429")
 SLOWDOWN = 10.0
 ORCA_FORMAT_HEADER = "endpoint-load-metrics-format"
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}) | apis.INFERENCE_PATHS
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
@@ -85,6 +86,7 @@ class FakeServer:
         max_model_len: int | None = None,
         default_max_tokens: int = 16,
         embedding_dim: int = 64,
+        responses_store: bool | None = None,
     ) -> None:
         self.models = [models] if isinstance(models, str) else list(models)
         if not self.models:
@@ -97,6 +99,8 @@ class FakeServer:
         self.default_max_tokens = default_max_tokens
         self.embedding_dim = embedding_dim
         self.fault: str | None = None
+        # None: as vLLM, VLLM_ENABLE_RESPONSES_API_STORE=1 in the environment turns the store on.
+        self.apis = apis.Apis(self, responses_store)
         self.counters = ServerStats()
         self._registry = make_registry(VLLMCollector(self.engine, self.models[0], metrics_style))
         self._runner: web.AppRunner | None = None
@@ -118,6 +122,7 @@ class FakeServer:
             web.post("/v1/completions", self._completions),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
+            *self.apis.routes(),
             web.get("/health", self._health),
             web.get("/metrics", self._metrics),
             web.get("/load", self._load),
