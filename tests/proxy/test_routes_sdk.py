@@ -294,8 +294,8 @@ def test_any_other_v1_path_and_method_passes_through_and_is_retried(start_nvllm,
         # The fake has no such route: its own 404 shows the request reached it.
         assert answer.status == 404 and answer.headers["X-NVLLM-Node"] == "b", method
     assert live.fleet.is_failing("a")  # both first went to "a", and were retried on "b"
-    put = live.http.request("PUT", live.url + "/v1/files/file-1", body=b"\x00raw",
-                            headers={"Authorization": f"Bearer {live.token}", "Content-Type": "application/octet-stream"})
+    headers = {"Authorization": f"Bearer {live.token}", "Content-Type": "application/octet-stream"}
+    put = live.http.request("PUT", live.url + "/v1/files/file-1", body=b"\x00raw", headers=headers)
     assert put.status == 404 and put.headers["X-NVLLM-Node"] == "b"
 
 
