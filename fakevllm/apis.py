@@ -59,12 +59,16 @@ class Apis:
     def __init__(self, server: FakeServer, responses_store: bool | None = None) -> None:
         self.server = server
         self.store_enabled = store_enabled_by_env() if responses_store is None else responses_store
-        # As vLLM's: in this process's memory, never evicted, lost on a restart of the process.
+        self.uploads: list[tuple[int, int]] = []  # (bytes, crc32) of each audio file received
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every stored response, as a restarted vLLM process starts empty."""
+        # As vLLM's: in this process's memory, never evicted.
         self.responses: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.input_items: dict[str, list[dict[str, Any]]] = {}
         self.background: dict[str, asyncio.Task[None]] = {}
-        self.uploads: list[tuple[int, int]] = []  # (bytes, crc32) of each audio file received
 
     def routes(self) -> list[web.RouteDef]:
         return [

@@ -116,6 +116,7 @@ class FakeServer:
     async def start(self) -> None:
         """Listen; after a stop() this serves again on the same port, like a restarted server."""
         self._stopping = False
+        self.apis.reset()
         app = web.Application(middlewares=[self._gate], client_max_size=64 * 2**20)
         app.add_routes([
             web.post("/v1/chat/completions", self._chat),

@@ -38,7 +38,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/completions", POST),
     Route("/v1/embeddings", POST, generates=False),
     Route("/v1/responses", POST, creates_response=True),
-    Route("/v1/responses/{response_id}", GET),
+    # DELETE: OpenAI's SDK has it; the node holding the response answers for it.
+    Route("/v1/responses/{response_id}", frozenset({"GET", "DELETE"})),
     Route("/v1/responses/{response_id}/cancel", POST),
     Route("/v1/responses/{response_id}/input_items", GET),
     Route("/v1/audio/transcriptions", POST),

@@ -123,12 +123,12 @@ def test_previous_response_id_pins_and_frees_the_model():
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/responses/resp_1"), ("POST", "/v1/responses/resp_1/cancel"),
-    ("GET", "/v1/responses/resp_1/input_items"),
+    ("GET", "/v1/responses/resp_1/input_items"), ("DELETE", "/v1/responses/resp_1"),
 ])
 def test_a_response_id_in_the_path_pins(method, path):
     shaped = shape(path, method=method, content_type=None)
     assert shaped.response_id == "resp_1" and not shaped.creates_response
-    assert shaped.body is None if method == "GET" else shaped.body == b""
+    assert shaped.body is None if method in ("GET", "DELETE") else shaped.body == b""
 
 
 @pytest.mark.parametrize("body", [b'{"previous_response_id": "a:b"}', b'{"previous_response_id": 5}',
