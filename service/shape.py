@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
@@ -41,6 +41,10 @@ class Shaped:
     anthropic: bool = False
     response_id: str | None = None  # a stored response the request must reach
     creates_response: bool = False  # the answer names a response to remember
+    # What was read of the body: a JSON object (`is_json`: re-encodable, e.g. to
+    # rename its model), or a form's small fields; {} for anything else.
+    fields: dict[str, Any] = field(default_factory=dict)
+    is_json: bool = False
 
 
 def shape_request(
@@ -52,6 +56,7 @@ def shape_request(
     route = routes.resolve(method, path)
     mimetype, boundary = _media_type(content_type)
     fields = _fields(mimetype, boundary, body)
+    is_json = mimetype != "multipart/form-data" and bool(fields)
     request = route_request(fields, generates=route.generates)
     request.session = _session(fields, headers)
     response_id = routes.response_id_in_path(path)
@@ -72,6 +77,8 @@ def shape_request(
         anthropic=route.anthropic,
         response_id=response_id,
         creates_response=route.creates_response,
+        fields=fields,
+        is_json=is_json,
     )
 
 

@@ -42,6 +42,7 @@ def test_a_chat_request_gives_model_prompt_and_tokens():
     assert shaped.route.prompt_chars == len("user:hi\n")
     assert shaped.body.startswith(b'{"model"') and shaped.target == "/v1/chat/completions"
     assert shaped.response_id is None and not shaped.creates_response and not shaped.anthropic
+    assert shaped.is_json and shaped.fields["max_tokens"] == 7
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"'])
@@ -151,6 +152,7 @@ def test_multipart_gives_the_model_and_stream_fields_and_leaves_the_file():
     body = multipart(("file", "a.wav", audio), ("model", None, b"whisper"), ("stream", None, b"true"))
     shaped = shape("/v1/audio/transcriptions", body, content_type="multipart/form-data; boundary=b0und")
     assert shaped.route.model == "whisper" and shaped.stream
+    assert shaped.fields == {"model": "whisper", "stream": "true"} and not shaped.is_json
     assert shaped.body == body  # re-sent whole on a retry
 
 
