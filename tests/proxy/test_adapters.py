@@ -43,8 +43,9 @@ def test_an_adapter_goes_only_to_the_nodes_holding_it(nvllm, fleet):
         raw = client.chat.completions.with_raw_response.create(
             model=SQL, messages=[{"role": "user", "content": "select"}], max_tokens=2)
         assert raw.parse().model == SQL
-        served.add(raw.headers["X-NVLLM-Node"])
-        wait_for(lambda: nvllm.inflight(raw.headers["X-NVLLM-Node"]) == 0, 2, "the request to be released")
+        node = raw.headers["X-NVLLM-Node"]
+        served.add(node)
+        wait_for(lambda node=node: nvllm.inflight(node) == 0, 2, "the request to be released")
     assert served <= {"b", "c"} and served
     assert fleet["a"].stats()["requests_received"] == 0
     # The base model still goes to any of the three.
