@@ -52,3 +52,13 @@ def test_redis_down_is_503(client, auth_headers, server):
     admin = auth_headers("admin")
     server.connected = False
     assert client.post(f"{BASE}/set", json={"alias": "a", "model": "m"}, headers=admin).status_code == 503
+
+
+def test_select_resolves_an_alias(client, auth_headers):
+    admin = auth_headers("admin")
+    node = {"node_id": "n1", "node_address": "127.0.0.1", "node_status": "online", "models": ["served"]}
+    assert client.post("/api/node/node/register", json=node, headers=admin).status_code == 200
+    assert client.get("/api/node/node/select?model=nick", headers=admin).status_code == 503
+    client.post(f"{BASE}/set", json={"alias": "nick", "model": "served"}, headers=admin)
+    picked = client.get("/api/node/node/select?model=nick", headers=admin)
+    assert picked.status_code == 200 and picked.get_json()["data"]["node_id"] == "n1"
