@@ -81,7 +81,7 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
         answer = proxy.forward(
             path,
             body,
-            route_request(payload),
+            route_request(payload, request.headers.get("X-Session-ID")),
             dict(request.headers),
             stream=payload.get("stream") is True,
             trace_id=current_trace_id(),

@@ -36,6 +36,10 @@ token and when its last, and takes the cheapest
 
 Prefix affinity: the node that last served the longest known chain of the
 prompt's blocks gets the request if cost(affine) <= (1 + slack) * min cost.
+Failing that, the node that last took the client's named session (its
+`prompt_cache_key`, X-Session-ID or `user`) gets it on the same terms: a
+conversation whose prompt changed at its start, or is shorter than a block,
+still finds its node.
 Near-ties (within 10%) are broken by rendezvous hashing of the prompt's
 deepest block, so instances that decide at once from the same view spread out
 instead of herding, and agree.
@@ -50,7 +54,7 @@ from dataclasses import dataclass
 from service.node_state import NodeState
 from service.routing.load_model import LoadModel
 from service.routing.policy import Decision, Estimate, Policy
-from service.routing.prefix import Conversations, PrefixIndex, rendezvous
+from service.routing.prefix import Conversations, PrefixIndex, Sessions, rendezvous
 from service.routing.request import BLOCK_CHARS, CHARS_PER_TOKEN, RouteRequest
 
 NEAR_TIE = 1.10
@@ -64,6 +68,7 @@ class _Memo:
     trace)."""
 
     blocks: list[bytes]
+    session: str | None
     continues: bytes | None  # the conversation tip it extends
     shared: bool  # its start is a prefix some node was sent before
     uncached: float
@@ -80,6 +85,7 @@ class LoadPolicy(Policy):
         self.model = LoadModel()
         self.prefixes = PrefixIndex()
         self.conversations = Conversations()
+        self.sessions = Sessions()
         self._memos: dict[int, tuple[str, _Memo]] = {}  # by ticket, until the node takes it
 
     def estimates(self, candidates: Sequence[NodeState], request: RouteRequest, now: float,
@@ -108,8 +114,11 @@ class LoadPolicy(Policy):
         self.model.asked(request.out_tokens)
         estimates = self.estimates(candidates, request, now, affine, depth, continues)
         best = min(e.cost for e in estimates.values())
+        held = self.sessions.node(request.session)
         if affine is not None and estimates[affine].cost <= best * (1 + self.affinity_slack):
             chosen, kind, why = by_id[affine], "affinity", f"affinity={depth} "
+        elif held in by_id and estimates[held].cost <= best * (1 + self.affinity_slack):
+            chosen, kind, why = by_id[held], "session", "session "
         else:
             near = [s for s in candidates if estimates[s.node_id].cost <= best * NEAR_TIE]
             if len(near) > 1 and request.blocks:
@@ -122,7 +131,7 @@ class LoadPolicy(Policy):
             kind, why = "load", ""
         estimate = estimates[chosen.node_id]
         cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN if chosen.node_id == affine else 0.0
-        memo = _Memo(request.blocks, continues, depth > 0, max(0.0, request.prompt_tokens - cached))
+        memo = _Memo(request.blocks, request.session, continues, depth > 0, max(0.0, request.prompt_tokens - cached))
         return Decision(chosen, f"load {why}ttft={estimate.ttft:.3f}s end={estimate.end:.2f}s", kind,
                         estimate, memo)
 
@@ -144,6 +153,8 @@ class LoadPolicy(Policy):
         if memo is not None and memo.blocks:
             self.prefixes.record(memo.blocks, node_id)
             self.conversations.record(node_id, memo.blocks, memo.continues, now, memo.shared)
+        if memo is not None and memo.session:
+            self.sessions.record(memo.session, node_id)
         self.model.answered(ticket, now)
 
     def first_token(self, ticket: int, now: float) -> None:

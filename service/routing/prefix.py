@@ -32,6 +32,24 @@ class PrefixIndex:
             self._owner.popitem(last=False)
 
 
+class Sessions:
+    """Client-named session -> the node that last took one of its requests,
+    bounded LRU."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._node: OrderedDict[str, str] = OrderedDict()
+        self._capacity = capacity
+
+    def node(self, session: str | None) -> str | None:
+        return self._node.get(session) if session else None
+
+    def record(self, session: str, node_id: str) -> None:
+        self._node[session] = node_id
+        self._node.move_to_end(session)
+        while len(self._node) > self._capacity:
+            self._node.popitem(last=False)
+
+
 class Conversations:
     """Conversations resident on each node, told apart by their prompts alone.
 

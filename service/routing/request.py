@@ -21,6 +21,10 @@ class RouteRequest:
     blocks: list[bytes] = field(default_factory=list)  # chained prefix hashes
     prompt_chars: int = 0
     out_tokens: int = DEFAULT_OUT_TOKENS
+    # The client's own name for the conversation or cache it belongs to, when
+    # it gives one: OpenAI's `prompt_cache_key`, else the X-Session-ID header,
+    # else `user`. A hint beside prefix matching, never instead of it.
+    session: str | None = None
 
     @property
     def prompt_tokens(self) -> float:
@@ -71,7 +75,20 @@ def out_tokens(body: dict[str, Any]) -> int:
     return DEFAULT_OUT_TOKENS
 
 
-def route_request(body: dict[str, Any]) -> RouteRequest:
+MAX_SESSION_CHARS = 256
+
+
+def session_hint(body: dict[str, Any], header: str | None = None) -> str | None:
+    """The most specific name a client gave for the conversation: a cache key
+    names one conversation (or one shared prompt), a session header one chat,
+    a user many chats."""
+    for kind, value in (("cache", body.get("prompt_cache_key")), ("session", header), ("user", body.get("user"))):
+        if isinstance(value, str) and value:
+            return f"{kind}:{value[:MAX_SESSION_CHARS]}"
+    return None
+
+
+def route_request(body: dict[str, Any], session_header: str | None = None) -> RouteRequest:
     model = body.get("model")
     text = prompt_text(body)
     return RouteRequest(
@@ -79,4 +96,5 @@ def route_request(body: dict[str, Any]) -> RouteRequest:
         blocks=prefix_blocks(text),
         prompt_chars=len(text),
         out_tokens=out_tokens(body),
+        session=session_hint(body, session_header),
     )

@@ -290,3 +290,38 @@ def test_make_policy_by_name(name, kind):
 
 def test_make_policy_passes_the_affinity_slack():
     assert make_policy("load", affinity_slack=2.0).affinity_slack == 2.0
+
+
+# --- client-named sessions ---
+
+
+def test_a_named_session_returns_to_its_node_when_its_prompt_does_not():
+    policy = LoadPolicy()
+    a, b = measured(policy, state("a"), 0.01), measured(policy, state("b"), 0.0105)
+    first = route_request({"prompt": "short turn", "prompt_cache_key": "chat-1"})
+    _, took = send(policy, [a, b], first, NOW)
+    took.local_inflight = 0
+    # A prompt shorter than a block has no prefix to match: the key finds the node.
+    for turn in range(5):
+        decision = choose(policy, [a, b], route_request({"prompt": f"turn {turn}", "prompt_cache_key": "chat-1"}))
+        assert decision.node_id == took.node_id and decision.kind == "session"
+
+
+def test_a_session_is_held_only_within_the_slack():
+    policy = LoadPolicy(affinity_slack=0.15)
+    a, b = measured(policy, state("a"), 0.01), measured(policy, state("b"), 0.01)
+    request = route_request({"prompt": "x", "user": "alice"})
+    decision = policy.choose([a], request, NOW)
+    policy.sent(1, decision, request, stream=True, now=NOW)
+    policy.answered(1, NOW)
+    measured(policy, a, 0.02)  # alice's node is twice as slow now
+    assert choose(policy, [a, b], request).node_id == "b"
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "hint"),
+    [({"prompt_cache_key": "k", "user": "u"}, "s", "cache:k"), ({"user": "u"}, "s", "session:s"),
+     ({"user": "u"}, None, "user:u"), ({"user": 7}, None, None), ({}, "", None)],
+)
+def test_the_most_specific_session_hint_wins(body, header, hint):
+    assert route_request(body, header).session == hint
