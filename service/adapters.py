@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from model.alias import Alias
-from service.fleet import NodeState
+from service.node_state import NodeState
 
 
 def candidates(model: str | None, routable: Sequence[NodeState], known: Iterable[NodeState]) -> list[NodeState]:
@@ -17,15 +17,17 @@ def candidates(model: str | None, routable: Sequence[NodeState], known: Iterable
     A name that is a LoRA adapter on any known node goes only to nodes that
     hold that adapter (a node listing no models serves any base model, not
     every adapter). Among them, nodes where the adapter is running or queued
-    now (vLLM's vllm:lora_requests_info) are preferred while one of them has
-    a free batch slot: the adapter is in GPU memory there, elsewhere vLLM may
-    first have to load it, or evict another to make room."""
+    now (vLLM's vllm:lora_requests_info) are preferred while one of them
+    queues nothing (its last report, or vLLM's in-band load header, shows no
+    waiting request): the adapter is in GPU memory there, elsewhere vLLM may
+    first have to load it, or evict another to make room; but a queue there
+    costs more than a load elsewhere."""
     holders = [s for s in routable if s.node.adapter(model) is not None] if model else []
     if not holders:
         if model and any(s.node.adapters and s.node.adapter(model) for s in known):
             return []
         return [s for s in routable if s.node.serves(model)]
-    active = [s for s in holders if s.node.node_info.adapter_active(model) and s.load < s.slots]
+    active = [s for s in holders if s.node.node_info.adapter_active(model) and not s.reported_waiting]
     return active or holders
 
 

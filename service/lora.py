@@ -18,8 +18,9 @@ from dao.node import NodeStore
 from model.adapter import AdapterChange, adapters_to_json, parse_model_list
 from model.errors import NotFound, StorageUnavailable
 from model.node import NodeStatus
-from service.fleet import Fleet, NodeState
+from service.fleet import Fleet
 from service.netpolicy import NetworkPolicy
+from service.node_state import NodeState
 from service.probe import bounded_get
 
 log = logging.getLogger("nvllm.lora")

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 
 from model.errors import NoRoutableNode
-from service.balancer import RouteRequest
-from service.fleet import NodeState
 from service.netpolicy import Target
+from service.node_state import NodeState
 from service.proxy import FAILURE_STATUSES, RETRY_STATUSES, NodeFailed, Proxy
+from service.routing import RouteRequest
 
 log = logging.getLogger("nvllm.realtime")
 

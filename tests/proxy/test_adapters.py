@@ -8,7 +8,7 @@ import pytest
 
 from model.adapter import Adapter
 from model.node import NodeInfo
-from service.balancer import RouteRequest
+from service.routing import RouteRequest
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration  # a live nvllm and fake vLLM servers

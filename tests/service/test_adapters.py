@@ -5,7 +5,7 @@ from __future__ import annotations
 from model.adapter import Adapter
 from model.node import Node, NodeInfo
 from service.adapters import candidates, model_cards
-from service.fleet import NodeState
+from service.node_state import NodeState
 
 SQL = Adapter("sql", "base", "/loras/sql")
 
@@ -37,10 +37,10 @@ def test_an_adapter_whose_holders_are_not_routable_has_no_candidates():
     assert ids(candidates("unknown", routable, routable)) == ["any"]
 
 
-def test_active_nodes_are_preferred_while_one_has_a_free_slot():
+def test_active_nodes_are_preferred_while_one_queues_nothing():
     idle, active = state("b", adapters=[SQL]), state("c", adapters=[SQL], running=["sql"])
     assert ids(candidates("sql", [idle, active], [idle, active])) == ["c"]
-    active.local_inflight = active.slots  # full: a node that must load the adapter may start sooner
+    active.reported_waiting = 2  # a queue there: a node that must load the adapter may start sooner
     assert ids(candidates("sql", [idle, active], [idle, active])) == ["b", "c"]
 
 
