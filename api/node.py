@@ -95,7 +95,10 @@ def status(node_id: str) -> Response:
 def select() -> Response:
     """The node the balancer would pick now for ?model= (503 when none)."""
     proxy = current_app.extensions["nvllm.proxy"]
-    decision = proxy.select(RouteRequest(model=request.args.get("model") or None))
+    model = request.args.get("model") or None
+    # An alias selects as the model it stands for, as on /v1.
+    model = current_app.extensions["nvllm.aliases"].resolve(model) or model
+    decision = proxy.select(RouteRequest(model=model))
     data = decision.state.node.to_dict(_now(), include_address=_sees_addresses())
     if _sees_addresses():
         data["url"] = decision.state.node.url

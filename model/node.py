@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from model.adapter import Adapter, adapters_from_json, adapters_to_json, validate_adapter_names, validate_adapters
 from model.errors import ValidationError
 
 # A node id becomes part of a Redis key, so it may never hold ':', '*', '?',
@@ -138,13 +139,18 @@ class NodeInfo:
     `running`, `waiting` and `kv_cache` are the seed's fields. `kv_cache_usage`
     is optional: the fraction (0-1) of KV-cache blocks in use, as vLLM's
     `vllm:kv_cache_usage_perc` reports it; the balancer prefers it to `kv_cache`,
-    whose unit the seed leaves open.
+    whose unit the seed leaves open. `running_lora_adapters` and
+    `waiting_lora_adapters` are optional too: the LoRA adapters of the requests
+    vLLM runs and queues now (`vllm:lora_requests_info`), which the balancer
+    prefers for a request naming one of them.
     """
 
     running: int = 0
     waiting: int = 0
     kv_cache: int = 0
     kv_cache_usage: float | None = None
+    running_lora_adapters: list[str] | None = None
+    waiting_lora_adapters: list[str] | None = None
 
     @staticmethod
     def validate(payload: Any, prefix: str = "node_info") -> dict[str, Any]:
@@ -159,6 +165,8 @@ class NodeInfo:
                 raise ValidationError(name, "unknown field")
             if key == "kv_cache_usage":
                 clean[key] = None if value is None else _fraction_field(name, value)
+            elif key in _ADAPTER_LISTS:
+                clean[key] = None if value is None else validate_adapter_names(name, value)
             else:
                 clean[key] = _int_field(name, value, 0, MAX_COUNT)
         return clean
@@ -174,7 +182,18 @@ class NodeInfo:
         }
         if self.kv_cache_usage is not None or include_unset:
             data["kv_cache_usage"] = self.kv_cache_usage
+        for name in _ADAPTER_LISTS:
+            value = getattr(self, name)
+            if value is not None or include_unset:
+                data[name] = None if value is None else list(value)
         return data
+
+    def adapter_active(self, name: str) -> bool:
+        """The adapter is in the engine's batch or queue now."""
+        return name in (self.running_lora_adapters or ()) or name in (self.waiting_lora_adapters or ())
+
+
+_ADAPTER_LISTS = ("running_lora_adapters", "waiting_lora_adapters")
 
 
 # Field name -> check, for every field a client may send.
@@ -190,6 +209,7 @@ _CHECKS = {
     "remark": _remark_field,
     "timeout": lambda v: _int_field("timeout", v, 1, MAX_TIMEOUT),
     "models": _models_field,
+    "adapters": validate_adapters,
 }
 
 
@@ -219,6 +239,9 @@ class Node:
     remark: str = "doc"
     timeout: int = 60
     models: list[str] = field(default_factory=list)
+    # LoRA adapters the node serves, with the base model each extends (from
+    # vLLM's /v1/models, by the agent or the poller).
+    adapters: list[Adapter] = field(default_factory=list)
     create_time: float = 0.0
     update_time: float = 0.0
     # Set by the balancer's poller when /health fails; cleared only by a good
@@ -261,7 +284,11 @@ class Node:
 
     def serves(self, model: str | None) -> bool:
         """A node that lists no models is taken to serve any model."""
-        return not model or not self.models or model in self.models
+        return not model or not self.models or model in self.models or self.adapter(model) is not None
+
+    def adapter(self, name: str | None) -> Adapter | None:
+        """The node's LoRA adapter of that name, if it has one."""
+        return next((a for a in self.adapters if a.id == name), None) if name else None
 
     # --- conversions ---
 
@@ -281,6 +308,9 @@ class Node:
             "create_time": format_time(self.create_time),
             "update_time": format_time(self.update_time),
         }
+        # Only when there are any, so a node without LoRA reads as the seed's.
+        if self.adapters:
+            data["adapters"] = [a.to_dict() for a in self.adapters]
         if not include_address:
             del data["node_address"], data["node_port"]
         return data
@@ -297,6 +327,7 @@ class Node:
             "remark": self.remark,
             "timeout": str(self.timeout),
             "models": json.dumps(self.models),
+            "adapters": adapters_to_json(self.adapters),
             "create_time": repr(self.create_time),
             "update_time": repr(self.update_time),
             "probe_failing": "1" if self.probe_failing else "0",
@@ -314,6 +345,8 @@ class Node:
                 name = key[5:]
                 if name == "kv_cache_usage":
                     info.kv_cache_usage = float(value)
+                elif name in _ADAPTER_LISTS:
+                    setattr(info, name, _json_list(value))
                 elif name in ("running", "waiting", "kv_cache"):
                     setattr(info, name, int(value))
         try:
@@ -330,6 +363,7 @@ class Node:
             remark=mapping.get("remark", "doc"),
             timeout=int(mapping.get("timeout", 60)),
             models=json.loads(mapping.get("models", "[]")),
+            adapters=adapters_from_json(mapping.get("adapters", "[]")),
             create_time=float(mapping.get("create_time", 0)),
             update_time=float(mapping.get("update_time", 0)),
             probe_failing=mapping.get("probe_failing") == "1",
@@ -355,8 +389,20 @@ class NodeLimits:
 
 
 def info_to_redis(info: dict[str, Any]) -> dict[str, str]:
-    """node_info fields as hash fields; an unset optional field is stored as ''."""
-    return {f"info:{k}": "" if v is None else repr(v) for k, v in info.items()}
+    """node_info fields as hash fields; an unset optional field is stored as '',
+    a list as JSON."""
+    return {
+        f"info:{k}": "" if v is None else json.dumps(v) if isinstance(v, list) else repr(v)
+        for k, v in info.items()
+    }
+
+
+def _json_list(text: str) -> list[str] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None
 
 
 def changes_to_redis(changes: dict[str, Any]) -> dict[str, str]:
@@ -367,6 +413,8 @@ def changes_to_redis(changes: dict[str, Any]) -> dict[str, str]:
             mapping.update(info_to_redis(value))
         elif key == "models":
             mapping[key] = json.dumps(value)
+        elif key == "adapters":
+            mapping[key] = adapters_to_json(value)
         elif isinstance(value, NodeStatus):
             mapping[key] = value.value
         else:
