@@ -8,13 +8,13 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 
-from model.node import NODE_FIELDS, NODE_ID, NODE_INFO, NODE_STATUS, NODE_UPDATE_FIELDS
-from model.schema import Rule, Text
+from model.node import NODE_FIELDS, NODE_FILTERS, NODE_ID, NODE_INFO, NODE_UPDATE_FIELDS, SELECT_QUERY
+from model.schema import Fields, Rule, Text
 from model.user import JTI, LOGIN, NEW_USER, ROLE, TOKEN_REQUEST, USER_CHANGES, USERNAME, Role
 
 OPENAPI_VERSION = "3.1.0"
@@ -172,7 +172,7 @@ class Operation:
 
     summary: str
     body: Rule | None = None
-    query: Mapping[str, Rule | dict[str, Any]] = field(default_factory=dict)
+    query: Fields | None = None
     data: Mapping[str, Any] | None = None  # inside the envelope
     answer: Mapping[str, Any] | None = None  # a body of its own (no envelope)
     media: str = JSON
@@ -205,10 +205,9 @@ OPERATIONS: dict[str, Operation] = {
                              data=_obj({"node_id": NODE_ID.documented(), "deleted": {"const": True}})),
     "node.get_node": Operation("One node", data=NODE),
     "node.status": Operation("One node with its live state", data=NODE_STATUS_DATA),
-    "node.select": Operation("The node the balancer would pick now (503 when none)",
-                             query={"model": ANY_TEXT}, data=SELECTED),
-    "node.all_nodes": Operation("Every node, sorted by node_id",
-                                query={"status": NODE_STATUS, "model": ANY_TEXT, "type": ANY_TEXT},
+    "node.select": Operation("The node the balancer would pick now (503 when none)", query=SELECT_QUERY,
+                             data=SELECTED),
+    "node.all_nodes": Operation("Every node, sorted by node_id", query=NODE_FILTERS,
                                 data={"type": "array", "items": NODE}),
     "health.healthz": Operation("The process is up", answer=STATUS_TEXT, tag="operations"),
     "health.readyz": Operation("Storage answers (503 otherwise)", answer=STATUS_TEXT, errors=(503,),
@@ -293,7 +292,8 @@ def describe(endpoint: str, rule: str, method: str, view: Any, names: list[str])
     op = op or Operation(summary, answer=ANY_TEXT, media="*/*", envelope=not rule.startswith("/v1"))
     given = zip(names, _path_names(rule), strict=True)
     parameters = [_parameter(shown, "path", PATH_PARAMETERS[name], True) for shown, name in given]
-    parameters += [_parameter(name, "query", r, False) for name, r in op.query.items()]
+    if op.query is not None:
+        parameters += [_parameter(name, "query", r, False) for name, r in op.query.fields.items()]
     if parameters:
         out["parameters"] = parameters
     if op.body is not None:
@@ -309,9 +309,8 @@ def _path_names(rule: str) -> list[str]:
     return re.findall(PARAMETER, rule)
 
 
-def _parameter(name: str, where: str, rule: Rule | dict[str, Any], required: bool) -> dict[str, Any]:
-    schema = rule.documented() if isinstance(rule, Rule) else dict(rule)
-    return {"name": name, "in": where, "required": required, "schema": schema}
+def _parameter(name: str, where: str, rule: Rule, required: bool) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "schema": rule.documented()}
 
 
 def _responses(op: Operation, role: Role | None, rule: str) -> dict[str, Any]:
@@ -333,8 +332,10 @@ def _responses(op: Operation, role: Role | None, rule: str) -> dict[str, Any]:
         codes |= {400, 404}
     error = "#/components/schemas/" + ("Error" if op.envelope else "OpenAIError")
     for code in sorted(codes):
-        responses[str(code)] = {"description": ERRORS[code], "headers": headers,
-                                "content": {JSON: {"schema": {"$ref": error}}}}
+        content: dict[str, Any] = {JSON: {"schema": {"$ref": error}}}
+        if op is FORWARDED and code < 500:
+            content["*/*"] = {}  # or the node's own answer with that status, passed on
+        responses[str(code)] = {"description": ERRORS[code], "headers": headers, "content": content}
     if op is FORWARDED:
         responses["4XX"] = {"description": "The node's own answer, passed on as it came (nvllm's own errors "
                             "are in OpenAI's shape, as above).", "content": {"*/*": {}}}

@@ -131,6 +131,15 @@ NODE_FIELDS = Fields(
 )
 NODE_UPDATE_FIELDS = NODE_FIELDS.without("node_id")
 
+# Query parameters of the node reads: a misspelt filter (?stauts=online) is
+# refused, not ignored into a list of every node.
+_MODEL_FILTER = Text(description="Only nodes serving this model (a node listing no models serves any).")
+NODE_FILTERS = Fields(
+    {"status": NODE_STATUS, "model": _MODEL_FILTER, "type": Text(description="Only nodes of this node_type.")},
+    unknown_error="unknown query parameter",
+)
+SELECT_QUERY = Fields({"model": _MODEL_FILTER}, unknown_error="unknown query parameter")
+
 
 @dataclass
 class NodeInfo:

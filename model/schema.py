@@ -225,13 +225,16 @@ class Fields(Rule):
     required: tuple[str, ...] = ()
     description: str = ""
     type_error: str = "must be a JSON object"
+    unknown_error: str = "unknown field"
 
     def check(self, name: str | None, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ValidationError(name or "body", self.type_error)
         unknown = sorted(k for k in value if k not in self.fields)
         if unknown:
-            raise ValidationError(self._name(name, unknown[0]), "unknown field")
+            # A name that is empty or odd ("", " ", "a:b") is quoted, so the text still reads.
+            key = unknown[0] if re.fullmatch(r"[\w.-]{1,64}", unknown[0]) else repr(unknown[0][:64])
+            raise ValidationError(self._name(name, key), self.unknown_error)
         clean: dict[str, Any] = {}
         for key, rule in self.fields.items():
             if key in value or key in self.required:
@@ -245,7 +248,8 @@ class Fields(Rule):
     def without(self, *names: str) -> Fields:
         """The same object less some fields (an update may not change node_id)."""
         kept = {k: v for k, v in self.fields.items() if k not in names}
-        return Fields(kept, tuple(r for r in self.required if r in kept), self.description, self.type_error)
+        required = tuple(r for r in self.required if r in kept)
+        return Fields(kept, required, self.description, self.type_error, self.unknown_error)
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {

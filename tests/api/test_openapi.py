@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from api.openapi import OPERATIONS, PATH_PARAMETERS
-from model.node import NODE_FIELDS, NODE_STATUS, NODE_UPDATE_FIELDS
+from model.node import NODE_FIELDS, NODE_FILTERS, NODE_UPDATE_FIELDS, SELECT_QUERY
 from model.schema import INTEGER_NOTE, Choice, Custom, Fields, Integer, Items, Number, Rule, Text
 from model.user import LOGIN, NEW_USER, TOKEN_REQUEST, USER_CHANGES
 from tests.helpers import error_text, is_public
@@ -120,6 +120,22 @@ def test_a_bad_field_is_named_as_the_document_names_it(client, auth_headers):
     assert error_text(response, 400) == "x: unknown field"
 
 
+def test_a_misspelt_query_parameter_is_refused_not_ignored(client, auth_headers):
+    """Found by the fuzzer: ?stauts=online listed every node as if unfiltered."""
+    headers = auth_headers("user")
+    assert error_text(client.get("/api/node/node/all?stauts=online", headers=headers), 400) == (
+        "stauts: unknown query parameter"
+    )
+    assert error_text(client.get("/api/node/node/select?modle=m", headers=headers), 400) == (
+        "modle: unknown query parameter"
+    )
+    assert error_text(client.get("/api/node/node/all?=1", headers=headers), 400) == "'': unknown query parameter"
+    assert error_text(client.get("/api/node/node/all?status=gone", headers=headers), 400) == (
+        "status: must be one of online, offline, draining"
+    )
+    assert client.get("/api/node/node/all?status=online&model=m&type=worker", headers=headers).status_code == 200
+
+
 # --- the schemas accept exactly what the validators accept ---
 
 # Every JSON value, except integral floats (see test_integers_refuse_floats):
@@ -180,7 +196,8 @@ ALL_RULES = sorted(
     {
         name: r
         for top, body in [("login", LOGIN), ("new_user", NEW_USER), ("user_changes", USER_CHANGES),
-                          ("token", TOKEN_REQUEST), ("node", NODE_FIELDS), ("status", NODE_STATUS),
+                          ("token", TOKEN_REQUEST), ("node", NODE_FIELDS), ("query", NODE_FILTERS),
+                          ("select", SELECT_QUERY),
                           *[(f"path.{k}", v) for k, v in PATH_PARAMETERS.items()]]
         for name, r in rules_of(body, top)
     }.items()
