@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from flask import (
     Blueprint,
@@ -22,6 +23,8 @@ from middleware.auth import require_role
 from middleware.redis_client import get_stores
 from middleware.trace import current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
+from service.adapters import model_cards
+from service.alias import AliasBook, with_model
 from service.paths import checked_path, checked_query
 from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
 from service.responses import ResponseAffinity
@@ -43,18 +46,17 @@ def get_affinity() -> ResponseAffinity:
     return current_app.extensions["nvllm.responses"]
 
 
+def get_aliases() -> AliasBook:
+    return current_app.extensions["nvllm.aliases"]
+
+
 @bp.get("/models")
 @require_role("user")
 def models() -> Response:
-    """The union of the models of routable nodes, in OpenAI's list shape."""
-    names = sorted({m for s in get_proxy().fleet.routable() for m in s.node.models})
-    created = int(time.time())
-    return jsonify(
-        {
-            "object": "list",
-            "data": [{"id": m, "object": "model", "created": created, "owned_by": "nvllm"} for m in names],
-        }
-    )
+    """The union of the models and adapters of routable nodes, plus listed
+    aliases, in OpenAI's list shape with vLLM's lineage (`root`, `parent`)."""
+    cards = model_cards(get_proxy().fleet.routable(), get_aliases().aliases(), int(time.time()))
+    return jsonify({"object": "list", "data": cards})
 
 
 # merge_slashes off: werkzeug would otherwise redirect `//` away before the
@@ -63,6 +65,18 @@ def models() -> Response:
 @bp.route("/<path:subpath>", methods=sorted(PASSTHROUGH_METHODS), merge_slashes=False)
 @require_role("user", api_key_header=True)
 def forward(subpath: str) -> Response:
+    """Any other path under /v1, with any of these methods, passes through to a
+    routable node (the body's `model` picks the nodes when it is JSON); a path
+    under /v1/responses/{id}/ goes to the node holding that response. vLLM's
+    control endpoints (/v1/load_lora_adapter, ...) are refused with a 403."""
+    return _proxy_view()
+
+
+@require_role("user", api_key_header=True)
+def _root_route() -> Response:
+    """One of vLLM's own model routes outside /v1, forwarded as the /v1 routes
+    are: routed by the body's model and load. The token may come in
+    x-api-key too; neither header reaches the node."""
     return _proxy_view()
 
 
@@ -70,8 +84,7 @@ def forward(subpath: str) -> Response:
 root_bp = Blueprint("proxy_root", __name__)
 for _path, _methods in root_paths():
     root_bp.add_url_rule(_path, endpoint=_path.strip("/").replace("/", "_"), methods=sorted(_methods),
-                         merge_slashes=False, view_func=require_role("user", api_key_header=True)(
-                             lambda: _proxy_view()))
+                         merge_slashes=False, view_func=_root_route)
 
 
 def _proxy_view() -> Response:
@@ -89,15 +102,23 @@ def _proxy_view() -> Response:
 
 def _forward(path: str, query: str, started: float, release: Callable[[], None]) -> Response:
     shaped = shape_request(request.method, path, query, request.content_type, _read_body(), request.headers)
+    route, body = shaped.route, shaped.body
+    # An alias is routed as the model it stands for, and the node gets that name.
+    # Only a JSON body is re-encoded; a form or another body goes as it came.
+    served = get_aliases().resolve(shaped.fields.get("model")) if shaped.is_json else None
+    if served is not None:
+        body = with_model(shaped.fields, served)
+        if route.model is not None:  # None: pinned to a stored response's node, whatever it serves
+            route = replace(route, model=served)
     proxy = get_proxy()
     affinity = get_affinity()
     if shaped.response_id is not None:
-        shaped.route.pinned_node = affinity.node_for(shaped.response_id, proxy.fleet, get_stores().clock())
+        route = replace(route, pinned_node=affinity.node_for(shaped.response_id, proxy.fleet, get_stores().clock()))
     try:
         answer = proxy.forward(
             shaped.target,
-            shaped.body,
-            shaped.route,
+            body,
+            route,
             dict(request.headers),
             stream=shaped.stream,
             trace_id=current_trace_id(),
@@ -105,13 +126,13 @@ def _forward(path: str, query: str, started: float, release: Callable[[], None])
         )
     except NodeFailed as exc:
         raise UpstreamFailed(exc.attempts, exc.cause) from None
-    body = answer.body
+    answer_body = answer.body
     if shaped.creates_response and answer.status == 200:
-        body = affinity.tap(body, answer.node_id, shaped.stream)
+        answer_body = affinity.tap(answer_body, answer.node_id, shaped.stream)
 
     def relay():
         try:
-            yield from body
+            yield from answer_body
         except BodyCut:
             _close_client_connection()
         finally:

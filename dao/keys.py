@@ -48,6 +48,18 @@ class Keys:
         """String with TTL: the node that created this response id and holds
         it in its memory (dao/responses.py)."""
         return self._key("response", response_id)
+    # model aliases
+    def aliases(self) -> str:
+        """Hash: client-facing alias -> the served model it stands for."""
+        return self._key("aliases")
+
+    def aliases_hidden(self) -> str:
+        """Set: aliases left out of GET /v1/models (they still route)."""
+        return self._key("aliases_hidden")
+
+    def aliases_rev(self) -> str:
+        """String: counts alias writes, so instances re-read only after one."""
+        return self._key("aliases_rev")
 
     # users
     def user(self, username: str) -> str:

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from fakevllm import protocol as p
 from fakevllm.engine import Seq, tokenize
@@ -132,7 +132,10 @@ class Apis:
     async def _audio(self, request: web.Request, kind: str, prefix: str) -> web.StreamResponse:
         if not request.content_type.startswith("multipart/form-data"):
             raise p.BadRequest("Expected a multipart/form-data body with an audio `file`.")
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, http_exceptions.HttpProcessingError):
+            raise p.BadRequest("The multipart/form-data body could not be parsed.") from None
         upload = form.get("file")
         if not isinstance(upload, web.FileField):
             raise p.BadRequest("Field `file` is required and must be a file.")

@@ -51,6 +51,9 @@ def require_role(minimum: str, *, api_key_header: bool = False) -> Callable[[F],
             authenticate(role, api_key_header)
             return view(*args, **kwargs)
 
+        # Read by the OpenAPI description (api/openapi.py): the role it states
+        # is the one enforced here.
+        wrapped.nvllm_role = role  # type: ignore[attr-defined]
         return wrapped  # type: ignore[return-value]
 
     return decorator

@@ -15,8 +15,10 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
-from service.balancer import Decision, Policy, RouteRequest
-from service.fleet import Fleet, NodeState, Sent
+from service.adapters import candidates as model_candidates
+from service.fleet import Fleet
+from service.node_state import NodeState
+from service.routing import Decision, Policy, RouteRequest
 
 log = logging.getLogger("nvllm.proxy")
 
@@ -157,6 +159,7 @@ class Proxy:
         *,
         http: urllib3.PoolManager | None = None,
         on_done: Callable[[dict], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -164,6 +167,7 @@ class Proxy:
         self.http = http or urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
         self._tickets = itertools.count()
         self._on_done = on_done
+        self.clock = clock  # the times every routing event carries
 
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """The node the policy picks now. Raises NoRoutableNode."""
@@ -174,11 +178,14 @@ class Proxy:
             candidates = self._candidates(request, exclude)
         if not candidates:
             raise NoRoutableNode(request.model)
-        return self.policy.choose(candidates, request)
+        return self.policy.choose(candidates, request, self.clock())
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
-        return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude
-                and request.pinned_node in (None, s.node_id)]
+        # A request naming a stored response may go only to the node holding it.
+        routable = [s for s in self.fleet.routable()
+                    if s.node_id not in exclude and request.pinned_node in (None, s.node_id)]
+        # A LoRA adapter's name narrows the candidates to the nodes holding it.
+        return model_candidates(request.model, routable, self.fleet.known())
 
     def forward(
         self,
@@ -208,15 +215,13 @@ class Proxy:
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
-            sent_at = time.monotonic()
-            state.begin(ticket, Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
-                                     expected_ttft=request.ttft), stream)
+            policy = self.policy
+            policy.sent(ticket, decision, request, stream=stream, now=self.clock())
             try:
                 response = self._send(state, method, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
-                state.end(ticket)
-                self.fleet.release(state)
+                self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
                 self._report(state, 0, f"failed:{type(exc).__name__}", started)
@@ -233,13 +238,12 @@ class Proxy:
             ):
                 response.drain_conn()
                 response.release_conn()
-                state.end(ticket)
-                self.fleet.release(state)
+                self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 self._report(state, response.status, f"retried:{response.status}", started)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
-            self.policy.routed(state, request)
+            policy.answered(ticket, self.clock())
             self._read_load(state, response)
             return Forwarded(
                 status=response.status,
@@ -302,24 +306,22 @@ class Proxy:
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
-        sent = None
-        events = mark_events = 0
-        mark_at = last_at = 0.0
+        events = 0
         outcome = "ok"
+        policy, clock = self.policy, self.clock
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
                 if stream:
-                    # Per-token time is measured from the second event on: the
-                    # first (the role, or the first token) waits for the prefill.
-                    last_at = time.perf_counter()
+                    # The first event carries the role (or the first token);
+                    # from the second on, about one token each.
                     seen = chunk.count(b"data:")
-                    if events < 2 <= events + seen:  # the first token is here
-                        mark_at, mark_events = last_at, events + seen
-                        sent = state.first_token(ticket, time.monotonic())
-                    events += seen
-                    if sent:
-                        sent.tokens = events - 1  # the role event carries no token
+                    if seen:
+                        now = clock()
+                        before, events = events, events + seen
+                        policy.progress(ticket, events - 1, now)
+                        if before < 2 <= events:
+                            policy.first_token(ticket, now)
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -335,15 +337,20 @@ class Proxy:
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
             raise BodyCut() from None
         finally:
-            state.end(ticket)
+            policy.done(ticket, clock())
             if complete:
                 response.release_conn()
             else:
                 _discard(response)
             self.fleet.release(state)
-            if events - mark_events >= 3:
-                state.add_token_time((last_at - mark_at) / (events - mark_events))
             self._report(state, response.status, outcome, started)
+
+    def _abandon(self, ticket: int, state: NodeState) -> None:
+        """An attempt given up before the client saw any of it."""
+        now = self.clock()
+        self.policy.failed(ticket, now)
+        self.policy.done(ticket, now)
+        self.fleet.release(state)
 
     def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
         if self._on_done:

@@ -10,15 +10,14 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from typing import Any
 
 from model.errors import BadRequest
 from service import routes
-from service.balancer import BLOCK_CHARS, DEFAULT_OUT_TOKENS, MAX_BLOCKS, RouteRequest
+from service.routing.request import BLOCK_CHARS, DEFAULT_OUT_TOKENS, MAX_BLOCKS, MAX_OUT_TOKENS, RouteRequest
 
-MAX_OUT_TOKENS = 8192
 # What a route that generates nothing (embeddings, scores, tokenizer calls)
 # holds a batch slot for, in tokens: its prefill, then one step.
 NO_GENERATION_TOKENS = 1
@@ -26,7 +25,7 @@ NO_GENERATION_TOKENS = 1
 RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 FORM_FIELDS = frozenset({"model", "stream"})
 MAX_FORM_VALUE = 1024  # bytes of a small form field read; a model name is far shorter
-SESSION_FIELDS = ("prompt_cache_key", "user", "safety_identifier")
+MAX_SESSION_CHARS = 256
 
 
 @dataclass
@@ -57,8 +56,7 @@ def shape_request(
     mimetype, boundary = _media_type(content_type)
     fields = _fields(mimetype, boundary, body)
     is_json = mimetype != "multipart/form-data" and bool(fields)
-    request = route_request(fields, generates=route.generates)
-    request.session = _session(fields, headers)
+    request = route_request(fields, headers.get("X-Session-ID"), generates=route.generates)
     response_id = routes.response_id_in_path(path)
     where = "path"
     if response_id is None and route.creates_response and fields.get("previous_response_id") is not None:
@@ -67,7 +65,7 @@ def shape_request(
         if not isinstance(response_id, str) or not RESPONSE_ID.fullmatch(response_id):
             raise BadRequest(f"{where}: not a response id (1-128 of A-Za-z0-9_-)")
         # The node holding the response answers for it, whatever model it names.
-        request.model = None
+        request = replace(request, model=None)
     return Shaped(
         method=method,
         target=path + (f"?{query}" if query else ""),
@@ -82,8 +80,9 @@ def shape_request(
     )
 
 
-def route_request(body: dict[str, Any], *, generates: bool = True) -> RouteRequest:
-    """The model, prompt blocks and token estimates of a request body."""
+def route_request(body: dict[str, Any], session_header: str | None = None, *, generates: bool = True) -> RouteRequest:
+    """The model, prompt blocks, token estimates and session hint of a request
+    body (and its X-Session-ID header)."""
     model = body.get("model")
     text = prompt_text(body)
     return RouteRequest(
@@ -91,7 +90,22 @@ def route_request(body: dict[str, Any], *, generates: bool = True) -> RouteReque
         blocks=prefix_blocks(text),
         prompt_chars=len(text),
         out_tokens=out_tokens(body) if generates else NO_GENERATION_TOKENS,
+        session=session_hint(body, session_header),
     )
+
+
+def session_hint(body: dict[str, Any], header: str | None = None) -> str | None:
+    """The most specific name a client gave for the conversation: a cache key
+    names one conversation (or one shared prompt), a session header one chat,
+    a user many chats (OpenAI's `user` or `safety_identifier`, Anthropic's
+    metadata.user_id)."""
+    metadata = body.get("metadata")
+    anthropic_user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    for kind, value in (("cache", body.get("prompt_cache_key")), ("session", header), ("user", body.get("user")),
+                        ("user", body.get("safety_identifier")), ("user", anthropic_user)):
+        if isinstance(value, str) and value:
+            return f"{kind}:{value[:MAX_SESSION_CHARS]}"
+    return None
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -229,18 +243,3 @@ def _stream(fields: dict[str, Any], query: str) -> bool:
         return True
     return any(pair in ("stream=true", "stream=True", "stream=1") for pair in query.split("&"))
 
-
-def _session(fields: dict[str, Any], headers: Mapping[str, str]) -> str | None:
-    """What the client says ties its requests together: X-Session-ID, a cache
-    key or user field, or Anthropic's metadata.user_id."""
-    header = headers.get("X-Session-ID")
-    if header:
-        return header[:256]
-    for key in SESSION_FIELDS:
-        value = fields.get(key)
-        if isinstance(value, str) and value:
-            return value[:256]
-    metadata = fields.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-        return metadata["user_id"][:256]
-    return None

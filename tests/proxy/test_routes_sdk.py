@@ -224,6 +224,25 @@ def test_anthropic_errors_come_in_anthropic_shape(nvllm, claude):
     assert raised.value.status_code == 503 and raised.value.body["error"]["type"] == "overloaded_error"
 
 
+# --- model aliases on every JSON route ---
+
+
+def test_an_alias_is_the_served_model_on_the_messages_and_responses_routes(nvllm, fleet):
+    stores = nvllm.app.extensions["nvllm"]
+    admin = stores.tokens.issue(stores.users.load("admin"), 3600)
+    assert nvllm.post("/api/alias/set", {"alias": "claude-x", "model": "fake-model"}, token=admin).status == 200
+    # The fake answers 404 for a model it does not serve: each body reached it with the served name.
+    claude = anthropic.Anthropic(base_url=nvllm.url, api_key=nvllm.token, max_retries=0, timeout=10.0)
+    message = claude.messages.create(model="claude-x", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert message.model == "fake-model"
+    client = nvllm.sdk()
+    raw = client.responses.with_raw_response.create(model="claude-x", input="first", max_output_tokens=2)
+    first, node = raw.parse(), raw.headers["X-NVLLM-Node"]
+    raw = client.responses.with_raw_response.create(model="claude-x", input="next", previous_response_id=first.id,
+                                                    max_output_tokens=2)
+    assert raw.parse().model == "fake-model" and raw.headers["X-NVLLM-Node"] == node
+
+
 def test_x_api_key_is_not_accepted_on_the_admin_api(nvllm):
     answer = nvllm.http.request("GET", nvllm.url + "/api/node/node/all", headers={"x-api-key": nvllm.token})
     assert answer.status == 401

@@ -101,11 +101,13 @@ def test_the_same_conversation_gives_the_same_blocks_whatever_the_api():
 
 
 @pytest.mark.parametrize(("fields", "headers", "session"), [
-    ({}, {"X-Session-ID": "s1"}, "s1"),
-    ({"prompt_cache_key": "k"}, {}, "k"),
-    ({"user": "u"}, {}, "u"),
-    ({"metadata": {"user_id": "a-u"}}, {}, "a-u"),
-    ({"user": 5}, {}, None),
+    ({}, {"X-Session-ID": "s1"}, "session:s1"),
+    ({"prompt_cache_key": "k"}, {"X-Session-ID": "s1"}, "cache:k"),
+    ({"user": "u"}, {}, "user:u"),
+    ({"safety_identifier": "h"}, {}, "user:h"),
+    ({"metadata": {"user_id": "a-u"}}, {}, "user:a-u"),
+    ({"metadata": {"user_id": "a-u"}}, {"X-Session-ID": "s1"}, "session:s1"),
+    ({"metadata": "a-u", "user": 5}, {}, None),
 ])
 def test_session_hints(fields, headers, session):
     import json
