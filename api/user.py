@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app
 from api import json_body, ok
 from middleware.auth import require_role
 from middleware.client import request_client_address
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.errors import ValidationError
 from model.user import validate_username
 from service import user as users
@@ -23,7 +23,7 @@ def _settings():
 @bp.post("/login")
 def login() -> Response:
     settings = _settings()
-    stores = get_stores()
+    stores = services()
     user = users.login(
         stores.users,
         json_body(),
@@ -40,13 +40,13 @@ def login() -> Response:
 @bp.get("/all")
 @require_role("admin")
 def all_users() -> Response:
-    return ok([u.to_dict() for u in users.list_users(get_stores().users)])
+    return ok([u.to_dict() for u in users.list_users(services().users)])
 
 
 @bp.post("/register")
 @require_role("admin")
 def register() -> Response:
-    stores = get_stores()
+    stores = services()
     user = users.create_user(
         stores.users, json_body(), now=stores.clock(), hash_n=_settings().password_hash_n
     )
@@ -57,7 +57,7 @@ def register() -> Response:
 @require_role("admin")
 def update(username: str) -> Response:
     user = users.update_user(
-        get_stores().users, username, json_body(), hash_n=_settings().password_hash_n
+        services().users, username, json_body(), hash_n=_settings().password_hash_n
     )
     return ok(user.to_dict())
 
@@ -65,7 +65,7 @@ def update(username: str) -> Response:
 @bp.delete("/delete/<username>")
 @require_role("admin")
 def delete(username: str) -> Response:
-    users.delete_user(get_stores().users, username)
+    users.delete_user(services().users, username)
     return ok({"username": username, "deleted": True})
 
 
@@ -80,7 +80,7 @@ def mint_token(username: str) -> Response:
     ttl = body.get("ttl", 365 * 86400)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= MAX_TOKEN_TTL:
         raise ValidationError("ttl", f"must be an integer between 60 and {MAX_TOKEN_TTL}")
-    stores = get_stores()
+    stores = services()
     user = users.get_user(stores.users, validate_username(username))
     token, jti = stores.tokens.mint(user, ttl)
     return ok({"token": token, "expires_in": ttl, "role": user.role.value, "jti": jti})
@@ -90,5 +90,5 @@ def mint_token(username: str) -> Response:
 @require_role("admin")
 def revoke_token(jti: str) -> Response:
     """Revoke one token by its jti; the user's other tokens keep working."""
-    get_stores().tokens.revoke(jti)
+    services().tokens.revoke(jti)
     return ok({"jti": jti, "revoked": True})

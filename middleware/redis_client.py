@@ -1,4 +1,4 @@
-"""The Redis client and the stores built on it, kept on the app (never global)."""
+"""The Redis client and the stores built on it, registered on the app (never global)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
-from flask import Flask, current_app
+from flask import Flask
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -17,21 +16,10 @@ from config import Settings
 from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
+from dao.storage import Storage
 from dao.user import UserStore
+from middleware.services import Services, install
 from service.token import TokenService
-
-
-@dataclass
-class Stores:
-    """What views need, built once per app."""
-
-    redis: redis.Redis
-    keys: Keys
-    nodes: NodeStore
-    inflight: InflightStore
-    users: UserStore
-    tokens: TokenService
-    clock: Callable[[], float]
 
 
 def make_client(url: str, timeout: float) -> redis.Redis:
@@ -52,16 +40,19 @@ def init_redis(
     settings: Settings,
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
-) -> Stores:
+) -> Services:
+    """Build the stores and the token service on one client and register them
+    as the app's Services; the balancer's parts are added by the factory."""
     if client is None:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set and no client was given")
         client = make_client(settings.redis_url, settings.redis_timeout)
     keys = Keys(settings.redis_prefix)
     users = UserStore(client, keys)
-    stores = Stores(
+    built = Services(
         redis=client,
         keys=keys,
+        storage=Storage(client),
         nodes=NodeStore(client, keys),
         inflight=InflightStore(client, keys),
         users=users,
@@ -70,9 +61,7 @@ def init_redis(
         ),
         clock=clock,
     )
-    app.extensions["redis"] = client
-    app.extensions["nvllm"] = stores
-    return stores
+    return install(app, built)
 
 
 def _secret_source(settings: Settings, users: UserStore) -> Callable[[], str]:
@@ -92,11 +81,3 @@ def _secret_source(settings: Settings, users: UserStore) -> Callable[[], str]:
         return known[0]
 
     return secret
-
-
-def get_redis() -> redis.Redis:
-    return current_app.extensions["redis"]
-
-
-def get_stores() -> Stores:
-    return current_app.extensions["nvllm"]

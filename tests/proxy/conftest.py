@@ -54,7 +54,7 @@ class Live:
 
     @property
     def fleet(self) -> Fleet:
-        return self.app.extensions["nvllm.proxy"].fleet
+        return self.app.extensions["nvllm"].proxy.fleet
 
     def sdk(self, token: str | None = None, **options: Any) -> openai.OpenAI:
         options.setdefault("timeout", 10.0)
