@@ -59,10 +59,12 @@ def create_app(
 
 
 def start_background(services: Services, settings: Settings) -> None:
-    """The fleet refresher, and node polling unless NVLLM_PROBE_INTERVAL=0."""
+    """The fleet refresher, the token checks' refresher, and node polling
+    unless NVLLM_PROBE_INTERVAL=0."""
     from service.probe import Prober
 
     services.proxy.fleet.start()
+    services.tokens.start()
     if settings.probe_interval > 0:
         services.prober = Prober(services.nodes, interval=settings.probe_interval, clock=services.clock,
                                  netpolicy=services.netpolicy)

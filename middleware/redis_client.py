@@ -23,14 +23,17 @@ from service.token import TokenService
 
 
 def make_client(url: str, timeout: float) -> redis.Redis:
-    """Bounded timeouts and few retries: a dead Redis must give a fast 503,
-    never a hung worker."""
+    """Bounded timeouts: a dead or hung Redis must give a 503 within `timeout`,
+    never a hung worker. A refused or reset connection (a pooled one the
+    server closed, a restart) is retried once, quickly; a timeout never is,
+    since a store that did not answer within `timeout` will not answer the
+    same command sooner, and a retry would double the client's wait."""
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=15,
     )
 

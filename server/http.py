@@ -159,6 +159,7 @@ def close_app(app: Any) -> None:
         return
     if services.prober is not None:
         services.prober.close()
+    services.tokens.close()
     services.proxy.fleet.close()
 
 
