@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import redis
 from flask import Flask
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from config import Settings
 from dao.inflight import InflightStore
@@ -19,6 +20,7 @@ from dao.node import NodeStore
 from dao.storage import Storage
 from dao.user import UserStore
 from middleware.services import Services, install
+from model.store_url import SentinelUrl, is_sentinel, parse_sentinel_url
 from service.token import TokenService
 
 
@@ -28,14 +30,33 @@ def make_client(url: str, timeout: float) -> redis.Redis:
     server closed, a restart) is retried once, quickly; a timeout never is,
     since a store that did not answer within `timeout` will not answer the
     same command sooner, and a retry would double the client's wait."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,)),
-        health_check_interval=15,
+    options = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 15,
+    }
+    if is_sentinel(url):
+        return _sentinel_client(parse_sentinel_url(url), timeout, options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_client(spec: SentinelUrl, timeout: float, options: dict) -> redis.Redis:
+    """The current primary of `spec.service`, as the sentinels name it. Each
+    new connection asks them again, so after a failover the pool's next
+    connection goes to the promoted replica; one still open to a demoted
+    primary fails its first write (READONLY) and is replaced."""
+    # Each sentinel asked gets a share of the timeout, so finding the primary
+    # takes no longer than one Redis call even when the first sentinels are gone.
+    # No retry either: redis-py's default would back off for seconds per sentinel.
+    ask = max(0.05, timeout / len(spec.sentinels))
+    sentinel = Sentinel(
+        list(spec.sentinels),
+        sentinel_kwargs={"socket_timeout": ask, "socket_connect_timeout": ask, "password": spec.sentinel_password,
+                         "retry": Retry(NoBackoff(), 0)},
     )
+    return sentinel.master_for(spec.service, redis_class=redis.Redis, password=spec.password, db=spec.db, **options)
 
 
 def init_redis(
