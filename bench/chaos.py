@@ -81,19 +81,20 @@ class Proc:
 
     def start(self) -> None:
         with open(self.logdir / f"{self.name}.log", "ab") as out:
+            # Its own process group: a signal reaches nvllm's workers too, as a crash of the host would.
             self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                            stdout=out, stderr=subprocess.STDOUT)
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal(self, sig: int) -> None:
         assert self.process is not None
-        self.process.send_signal(sig)
+        os.killpg(self.process.pid, sig)
         if sig == signal.SIGKILL:
             self.process.wait()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGCONT)
+        os.killpg(self.process.pid, signal.SIGCONT)
         self.process.terminate()
         try:
             self.process.wait(35)
@@ -283,8 +284,11 @@ class Load:
 
 
 def report(name: str, load: Load, recovery: dict[str, float | None], notes: str = "") -> dict:
+    """One JSON line. Requests sent to an instance after it died (connection
+    refused: no balancer in front to send them elsewhere) are counted apart."""
     outcomes = load.outcomes
-    failed = [o for o in outcomes if not o.complete and not o.first_byte]
+    lost = [o for o in outcomes if o.instance in load.dead and o.status == 0 and not o.first_byte]
+    failed = [o for o in outcomes if not o.complete and not o.first_byte and o not in lost]
     cut = [o for o in outcomes if not o.complete and o.first_byte]
     row = {
         "scenario": name,
@@ -292,6 +296,7 @@ def report(name: str, load: Load, recovery: dict[str, float | None], notes: str 
         "ok": sum(o.complete for o in outcomes),
         "failed_before_first_byte": len(failed),
         "failed_by_reason": dict(Counter(f"via {o.instance}: {o.reason}" for o in failed)),
+        "refused_by_the_dead_instance": len(lost),
         "cut_streams": len(cut),
         "cut_by": dict(Counter(f"via {o.instance}, node {o.node or '?'}" for o in cut)),
         "recovery_s": {k: (round(v, 2) if v is not None else None) for k, v in recovery.items()},
@@ -333,7 +338,8 @@ def node_fault(mode: str, hold: float) -> Callable[[World], dict]:
             healed = time.monotonic()
             back = node_back(world, 1, healed)
             time.sleep(2)
-        return report(f"node-{mode}", load, {"node back in rotation": back},
+        what = "node's first completion after the heal" if mode == "slow" else "node back in rotation"
+        return report(f"node-{mode}", load, {what: back},
                       f"node-1 in fault mode {mode!r} for {hold:.0f} s")
     return run
 
