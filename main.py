@@ -110,7 +110,9 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )
-    metrics = BalancerMetrics(fleet)
+    # Set by main() (server/metrics_dir.py) when the server runs worker processes.
+    metrics = BalancerMetrics(fleet, clock=stores.clock, multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    fleet.on_breaker = metrics.observe_breaker
     app.extensions["nvllm.metrics"] = metrics
     app.extensions["nvllm.proxy"] = Proxy(
         fleet, make_policy(settings.routing, **options), config, http=http, on_done=metrics.observe_upstream
@@ -313,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     from server.http import serve
+    from server.metrics_dir import metrics_dir
 
-    return serve(settings, serving_app)
+    # Before any worker imports prometheus_client, so that each keeps its values
+    # where a scrape of any one of them finds all.
+    with metrics_dir(settings.data_dir):
+        return serve(settings, serving_app)
 
 
 def serving_app(settings: Settings) -> Flask:

@@ -27,6 +27,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
 from config import Settings
+from server.metrics_dir import worker_gone
 from server.store import SERVICE, StoreError, open_store
 
 log = logging.getLogger("nvllm.http")
@@ -142,6 +143,7 @@ class NvllmServer(BaseApplication):
             "when_ready": lambda _arbiter: on_ready() if on_ready else None,
             "post_fork": lambda _arbiter, _worker: _quiet_ssl_patch_warning(),
             "worker_exit": lambda _arbiter, worker: close_app(getattr(worker, "wsgi", None)),
+            "child_exit": lambda _arbiter, worker: worker_gone(worker.pid),
         }
         for name, value in options.items():
             self.cfg.set(name, value)

@@ -15,8 +15,10 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
+from service.answer import AnswerMeter
 from service.balancer import Decision, Policy, RouteRequest
 from service.fleet import Fleet, NodeState, Sent
+from service.reasons import reason_category
 
 log = logging.getLogger("nvllm.proxy")
 
@@ -58,6 +60,8 @@ class Forwarded:
     node_id: str
     reason: str
     attempts: int
+    # The on_done report of the answer, once its body is done (for the access log).
+    report: dict | None = None
 
 
 class NodeFailed(Exception):
@@ -194,6 +198,7 @@ class Proxy:
         upstream_headers = self._request_headers(headers, trace_id)
         tried: set[str] = set()
         last_cause = "no attempt"
+        route = path.partition("?")[0]
         for attempt in range(1, self.config.retries + 2):
             try:
                 decision = self.select(request, frozenset(tried))
@@ -203,6 +208,7 @@ class Proxy:
                 break
             state = decision.state
             tried.add(state.node_id)
+            about = {"model": request.model, "route": route, "reason": reason_category(decision.reason, attempt)}
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
@@ -217,7 +223,7 @@ class Proxy:
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
-                self._report(state, 0, f"failed:{type(exc).__name__}", started)
+                self._report(state, 0, f"failed:{type(exc).__name__}", started, about)
                 log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
                 continue
             if response.status in FAILURE_STATUSES:
@@ -234,19 +240,21 @@ class Proxy:
                 state.end(ticket)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
-                self._report(state, response.status, f"retried:{response.status}", started)
+                self._report(state, response.status, f"retried:{response.status}", started, about)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
             self.policy.routed(state, request)
             self._read_load(state, response)
-            return Forwarded(
+            answer = Forwarded(
                 status=response.status,
                 headers=self._response_headers(response),
-                body=self._relay(state, response, stream, started, first, ticket),
+                body=iter(()),
                 node_id=state.node_id,
                 reason=decision.reason,
                 attempts=attempt,
             )
+            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer)
+            return answer
         raise NodeFailed(last_cause, len(tried))
 
     def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
@@ -292,7 +300,8 @@ class Proxy:
             raise
 
     def _relay(
-        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1
+        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1,
+        about: dict | None = None, answer: Forwarded | None = None,
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
@@ -303,6 +312,7 @@ class Proxy:
         events = mark_events = 0
         mark_at = last_at = 0.0
         outcome = "ok"
+        meter = AnswerMeter()
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
@@ -317,6 +327,7 @@ class Proxy:
                     events += seen
                     if sent:
                         sent.tokens = events - 1  # the role event carries no token
+                meter.feed(chunk)
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -340,18 +351,36 @@ class Proxy:
             self.fleet.release(state)
             if events - mark_events >= 3:
                 state.add_token_time((last_at - mark_at) / (events - mark_events))
-            self._report(state, response.status, outcome, started)
-
-    def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
-        if self._on_done:
-            self._on_done(
-                {
-                    "node": state.node_id,
-                    "status": status,
-                    "outcome": outcome,
-                    "seconds": time.perf_counter() - started,
-                }
+            report = self._report(
+                state, response.status, outcome, started, about or {},
+                ttft=mark_at - started if mark_events else None,
+                itl=(last_at - mark_at) / (events - mark_events) if mark_events and events > mark_events else None,
+                output_tokens=meter.output_tokens(events if stream else None),
             )
+            if answer is not None:
+                answer.report = report
+
+    def _report(self, state: NodeState, status: int, outcome: str, started: float, about: dict,
+                *, ttft: float | None = None, itl: float | None = None, output_tokens: int = 0) -> dict:
+        """What one attempt came to, for metrics and the access log. `about`
+        carries the request's model, route (the forwarded path without its
+        query) and routing reason category; ttft and itl (mean seconds between
+        tokens) are None when not measured (a whole answer, a failed attempt)."""
+        report = {
+            "node": state.node_id,
+            "status": status,
+            "outcome": outcome,
+            "seconds": time.perf_counter() - started,
+            "model": about.get("model"),
+            "route": about.get("route", ""),
+            "reason": about.get("reason", ""),
+            "ttft": ttft,
+            "itl": itl,
+            "output_tokens": output_tokens,
+        }
+        if self._on_done:
+            self._on_done(report)
+        return report
 
     def _read_load(self, state: NodeState, response) -> None:
         value = response.headers.get(LOAD_HEADER)
