@@ -36,16 +36,20 @@ def metrics_dir(data_dir: str) -> Iterator[str | None]:
         yield None
         return
     path = _make(Path(data_dir))
+    owner = os.getpid()
     previous = os.environ.get(ENV)
     os.environ[ENV] = str(path)
     try:
         yield str(path)
     finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
-        shutil.rmtree(path, ignore_errors=True)
+        # A worker leaves through this frame too (it was forked inside it):
+        # only the server that made the directory removes it.
+        if os.getpid() == owner:
+            if previous is None:
+                os.environ.pop(ENV, None)
+            else:
+                os.environ[ENV] = previous
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_gone(pid: int) -> None:
