@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -173,6 +174,8 @@ class BalancerMetrics:
         self._by_node = (self.upstream, self.retries, self.ejections, self.decisions, self.output_tokens,
                          self.ttft, self.itl, self.ejected)
         self._seen: set[str] = set()
+        # labels() costs microseconds (a lock, checks, tuples); a request records ten series.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
         self._models: frozenset[str] = frozenset()
         self._models_at = float("-inf")
@@ -182,29 +185,29 @@ class BalancerMetrics:
     def observe_request(self, route: str, code: int, seconds: float, *, v1_path: str | None = None,
                         model: object = None) -> None:
         """One answered request. `v1_path` and `model` for /v1 requests."""
-        self.requests.labels(route, str(code)).inc()
-        self.latency.labels(route).observe(seconds)
+        self._child(self.requests, route, str(code)).inc()
+        self._child(self.latency, route).observe(seconds)
         if v1_path is not None:
             path = v1_path if v1_path in V1_ROUTES else OTHER
-            self.proxy_requests.labels(self._model_label(model), path, str(code)).inc()
+            self._child(self.proxy_requests, self._model_label(model), path, str(code)).inc()
 
     def observe_upstream(self, done: dict) -> None:
         """The proxy's on_done report of one attempt at a node."""
         node = done["node"]
         self._seen.add(node)
         outcome = done["outcome"]
-        self.upstream.labels(node, outcome).inc()
+        self._child(self.upstream, node, outcome).inc()
         if outcome.startswith(("failed:", "retried:")):
-            self.retries.labels(node).inc()
+            self._child(self.retries, node).inc()
             return
-        self.decisions.labels(node, done.get("reason") or OTHER).inc()
+        self._child(self.decisions, node, done.get("reason") or OTHER).inc()
         model = self._model_label(done.get("model"))
         if done.get("output_tokens"):
-            self.output_tokens.labels(model, node).inc(done["output_tokens"])
+            self._child(self.output_tokens, model, node).inc(done["output_tokens"])
         if done.get("ttft") is not None:
-            self.ttft.labels(model, node).observe(done["ttft"])
+            self._child(self.ttft, model, node).observe(done["ttft"])
         if done.get("itl") is not None:
-            self.itl.labels(model, node).observe(done["itl"])
+            self._child(self.itl, model, node).observe(done["itl"])
 
     def observe_breaker(self, node: str, ejected: bool) -> None:
         """The fleet's on_breaker: a node ejected, or back in rotation."""
@@ -217,14 +220,21 @@ class BalancerMetrics:
         """Count one /v1 request in flight; call what is returned when it ends
         (more than once is harmless)."""
         self.in_flight.inc()
-        ended = threading.Event()
+        ended: list[bool] = []  # both callers run on the request's own thread (or greenlet)
 
         def end() -> None:
-            if not ended.is_set():
-                ended.set()
+            if not ended:
+                ended.append(True)
                 self.in_flight.dec()
 
         return end
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _model_label(self, model: object) -> str:
         if model is None or model == "":
@@ -242,9 +252,10 @@ class BalancerMetrics:
             for node in live:
                 self.ejected.labels(node)  # 0 unless some worker has it ejected
             gone, self._seen = self._seen - live, set(live)
-            if not self.multiprocess:  # in files nothing can be removed; the scrape filters instead
+            if gone and not self.multiprocess:  # in files nothing can be removed; the scrape filters instead
                 for metric in self._by_node:
                     for node in gone:
                         metric.remove_by_labels({"node": node})
+                self._children.clear()  # none may point at a removed series
         recorded = self._merged if self.multiprocess else self.registry
         return generate_latest(_Scrape((recorded, self.fleet_gauges), live))

@@ -22,11 +22,15 @@ def tokens(*texts: str) -> list[bytes]:
     return [sse({"choices": [{"delta": {"content": t}}]}) for t in texts]
 
 
-def test_a_whole_answer_counts_what_its_usage_says():
-    body = json.dumps({"choices": [{"text": "x"}], "usage": {"prompt_tokens": 3, "completion_tokens": 12}}).encode()
+@pytest.mark.parametrize("cut", [None, "completion_", '"completion_tokens": 1'])
+def test_a_whole_answer_counts_what_its_usage_says(cut):
+    text = "completion_tokens: 99 is what the model wrote " * 2000  # a long answer, quoting the field
+    body = json.dumps({"choices": [{"text": text}], "usage": {"prompt_tokens": 3, "completion_tokens": 12},
+                       "prompt_logprobs": None}).encode()
     meter = AnswerMeter()
-    for i in range(0, len(body), 7):  # the usage split across chunks is still found
-        meter.feed(body[i:i + 7])
+    at = body.rindex(cut.encode()) + len(cut) if cut else 65536  # a read may end anywhere, the usage too
+    for part in (body[:at], body[at:]):
+        meter.feed(part)
     assert meter.output_tokens(None) == 12
 
 
