@@ -249,8 +249,11 @@ class BalancerMetrics:
     def render(self) -> bytes:
         live = {state.node_id for state in self.fleet.known()}
         with self._lock:
+            # This worker's own breakers, set again at every scrape it answers:
+            # a node deleted and registered again starts with a closed breaker,
+            # whatever its old series in a file said.
             for node in live:
-                self.ejected.labels(node)  # 0 unless some worker has it ejected
+                self.ejected.labels(node).set(1 if self.fleet.is_failing(node) else 0)
             gone, self._seen = self._seen - live, set(live)
             if gone and not self.multiprocess:  # in files nothing can be removed; the scrape filters instead
                 for metric in self._by_node:
