@@ -71,12 +71,12 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     """The fleet view, the routing policy and the forwarding proxy."""
     import urllib3
 
-    from service.balancer import make_policy
     from service.fleet import Fleet
     from service.metrics import BalancerMetrics
     from service.netpolicy import NetworkPolicy
     from service.probe import bounded_get
     from service.proxy import Proxy, UpstreamConfig
+    from service.routing import make_policy
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
     netpolicy = NetworkPolicy.from_settings(
@@ -93,6 +93,8 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
             return False
         return bounded_get(url + "/health", 1.0)[0] == 200
 
+    options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
+    policy = make_policy(settings.routing, **options)
     fleet = Fleet(
         stores.nodes,
         stores.inflight,
@@ -101,8 +103,8 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         clock=stores.clock,
         health_check=healthy,
         netpolicy=netpolicy,
+        listener=policy,
     )
-    options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
     config = UpstreamConfig(
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
@@ -115,7 +117,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     fleet.on_breaker = metrics.observe_breaker
     app.extensions["nvllm.metrics"] = metrics
     app.extensions["nvllm.proxy"] = Proxy(
-        fleet, make_policy(settings.routing, **options), config, http=http, on_done=metrics.observe_upstream
+        fleet, policy, config, http=http, on_done=metrics.observe_upstream
     )
 
 

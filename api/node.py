@@ -10,8 +10,8 @@ from middleware.redis_client import get_stores
 from model.node import Actor, NodeLimits
 from model.user import Role
 from service import node as nodes
-from service.balancer import RouteRequest
 from service.netpolicy import NetworkPolicy
+from service.routing import RouteRequest
 
 bp = Blueprint("node", __name__, url_prefix="/api/node/node")
 

@@ -21,9 +21,9 @@ from werkzeug.exceptions import ClientDisconnected
 from middleware.auth import require_role
 from middleware.trace import add_log_fields, current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
-from service.balancer import route_request
 from service.paths import checked_path, checked_query
 from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
+from service.routing import route_request
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
@@ -89,7 +89,7 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
         answer = proxy.forward(
             path,
             body,
-            route_request(payload),
+            route_request(payload, request.headers.get("X-Session-ID")),
             dict(request.headers),
             stream=payload.get("stream") is True,
             trace_id=current_trace_id(),

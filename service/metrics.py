@@ -69,7 +69,6 @@ class FleetCollector(Collector):
         poll_failing = gauge("nvllm_node_poll_failing", "1 while nvllm's polls of the node's /health fail")
         inflight = gauge("nvllm_node_inflight", "Requests in flight to the node, all instances")
         load = gauge("nvllm_node_load", "Load the router assumes: in flight plus traffic that bypassed nvllm")
-        slots = gauge("nvllm_node_slots", "Requests the router assumes the node runs at once before queueing")
         running = gauge("nvllm_node_running", "Requests the node last reported running")
         waiting = gauge("nvllm_node_waiting", "Requests the node last reported waiting")
         kv = gauge("nvllm_node_kv_cache_usage", "Last known KV-cache usage (0-1)")
@@ -86,14 +85,13 @@ class FleetCollector(Collector):
             poll_failing.add_metric([node_id], 1 if node.probe_failing else 0)
             inflight.add_metric([node_id], state.inflight)
             load.add_metric([node_id], state.load)
-            slots.add_metric([node_id], state.slots)
             running.add_metric([node_id], state.reported_running)
             waiting.add_metric([node_id], state.reported_waiting)
             if state.kv_usage is not None:
                 kv.add_metric([node_id], state.kv_usage)
         storage = GaugeMetricFamily("nvllm_storage_up", "1 while the last fleet refresh reached Redis")
         storage.add_metric([], 1 if self.fleet.storage_ok else 0)
-        yield from (up, routable, status, poll_failing, inflight, load, slots, running, waiting, kv, storage)
+        yield from (up, routable, status, poll_failing, inflight, load, running, waiting, kv, storage)
 
 
 class _Scrape:

@@ -16,9 +16,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
 from service.answer import AnswerMeter
-from service.balancer import Decision, Policy, RouteRequest
-from service.fleet import Fleet, NodeState, Sent
+from service.fleet import Fleet
+from service.node_state import NodeState
 from service.reasons import reason_category
+from service.routing import Decision, Policy, RouteRequest
 
 log = logging.getLogger("nvllm.proxy")
 
@@ -161,6 +162,7 @@ class Proxy:
         *,
         http: urllib3.PoolManager | None = None,
         on_done: Callable[[dict], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -168,6 +170,7 @@ class Proxy:
         self.http = http or urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
         self._tickets = itertools.count()
         self._on_done = on_done
+        self.clock = clock  # the times every routing event carries
 
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """The node the policy picks now. Raises NoRoutableNode."""
@@ -178,7 +181,7 @@ class Proxy:
             candidates = self._candidates(request, exclude)
         if not candidates:
             raise NoRoutableNode(request.model)
-        return self.policy.choose(candidates, request)
+        return self.policy.choose(candidates, request, self.clock())
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
         return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude]
@@ -208,19 +211,18 @@ class Proxy:
                 break
             state = decision.state
             tried.add(state.node_id)
-            about = {"model": request.model, "route": route, "reason": reason_category(decision.reason, attempt)}
+            about = {"model": request.model, "route": route, "reason": reason_category(decision.kind, attempt)}
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
-            sent_at = time.monotonic()
-            state.begin(ticket, Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
-                                     expected_ttft=request.ttft), stream)
+            policy = self.policy
+            sent_at = self.clock()
+            policy.sent(ticket, decision, request, stream=stream, now=sent_at)
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
-                state.end(ticket)
-                self.fleet.release(state)
+                self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
                 self._report(state, 0, f"failed:{type(exc).__name__}", started, about)
@@ -237,13 +239,12 @@ class Proxy:
             ):
                 response.drain_conn()
                 response.release_conn()
-                state.end(ticket)
-                self.fleet.release(state)
+                self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 self._report(state, response.status, f"retried:{response.status}", started, about)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
-            self.policy.routed(state, request)
+            policy.answered(ticket, self.clock())
             self._read_load(state, response)
             answer = Forwarded(
                 status=response.status,
@@ -253,7 +254,7 @@ class Proxy:
                 reason=decision.reason,
                 attempts=attempt,
             )
-            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer)
+            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer, sent_at)
             return answer
         raise NodeFailed(last_cause, len(tried))
 
@@ -301,32 +302,35 @@ class Proxy:
 
     def _relay(
         self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1,
-        about: dict | None = None, answer: Forwarded | None = None,
+        about: dict | None = None, answer: Forwarded | None = None, sent_at: float = 0.0,
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
-        sent = None
-        events = mark_events = 0
-        mark_at = last_at = 0.0
+        events = 0
         outcome = "ok"
+        policy, clock = self.policy, self.clock
         meter = AnswerMeter()
+        # In the routing clock: when the first token came, and the last event.
+        first_at = last_at = 0.0
+        first_events = 0
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
                 if stream:
-                    # Per-token time is measured from the second event on: the
-                    # first (the role, or the first token) waits for the prefill.
-                    last_at = time.perf_counter()
+                    # The first event carries the role (or the first token);
+                    # from the second on, about one token each.
                     seen = chunk.count(b"data:")
-                    if events < 2 <= events + seen:  # the first token is here
-                        mark_at, mark_events = last_at, events + seen
-                        sent = state.first_token(ticket, time.monotonic())
-                    events += seen
-                    if sent:
-                        sent.tokens = events - 1  # the role event carries no token
+                    if seen:
+                        now = clock()
+                        before, events = events, events + seen
+                        policy.progress(ticket, events - 1, now)
+                        last_at = now
+                        if before < 2 <= events:
+                            policy.first_token(ticket, now)
+                            first_at, first_events = now, events
                 meter.feed(chunk)
                 yield chunk
                 chunk = response.read1(65536)
@@ -343,22 +347,27 @@ class Proxy:
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
             raise BodyCut() from None
         finally:
-            state.end(ticket)
+            policy.done(ticket, clock())
             if complete:
                 response.release_conn()
             else:
                 _discard(response)
             self.fleet.release(state)
-            if events - mark_events >= 3:
-                state.add_token_time((last_at - mark_at) / (events - mark_events))
             report = self._report(
                 state, response.status, outcome, started, about or {},
-                ttft=mark_at - started if mark_events else None,
-                itl=(last_at - mark_at) / (events - mark_events) if mark_events and events > mark_events else None,
+                ttft=first_at - sent_at if first_events else None,
+                itl=(last_at - first_at) / (events - first_events) if first_events and events > first_events else None,
                 output_tokens=meter.output_tokens(events if stream else None),
             )
             if answer is not None:
                 answer.report = report
+
+    def _abandon(self, ticket: int, state: NodeState) -> None:
+        """An attempt given up before the client saw any of it."""
+        now = self.clock()
+        self.policy.failed(ticket, now)
+        self.policy.done(ticket, now)
+        self.fleet.release(state)
 
     def _report(self, state: NodeState, status: int, outcome: str, started: float, about: dict,
                 *, ttft: float | None = None, itl: float | None = None, output_tokens: int = 0) -> dict:
