@@ -1,7 +1,7 @@
 """deploy/: the Prometheus alert rules pass `promtool check rules` and their
 unit tests (`promtool test rules`); every alert has a test; the Grafana
 dashboard's queries are valid PromQL; and every nvllm metric the rules and
-the dashboard name is one nvllm exports."""
+the dashboard name is one nvllm exports, and the README lists them all."""
 
 from __future__ import annotations
 
@@ -114,3 +114,10 @@ def test_every_metric_named_is_exported(source, exported):
         text = "\n".join(dashboard_queries())
     named = set(METRIC_NAME.findall(text))
     assert named and named <= exported, sorted(named - exported)
+
+
+def test_the_readme_lists_every_metric(exported):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in exported}
+    missing = sorted(f for f in families if f"`{f}`" not in readme)
+    assert not missing, f"README.md's metrics table lacks {missing}"
