@@ -46,6 +46,7 @@ def create_app(
     init_cors(app, settings)
     stores = init_redis(app, settings, redis_client, clock)
     init_balancer(app, settings, stores)
+    init_aliases(app, settings, stores)
     register_blueprints(app)
     register_error_handlers(app)
     bootstrap_admin(stores, settings)
@@ -62,7 +63,7 @@ def start_background(app: Flask, settings: Settings) -> None:
     if settings.probe_interval > 0:
         stores = app.extensions["nvllm"]
         prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock,
-                        netpolicy=app.extensions["nvllm.netpolicy"])
+                        netpolicy=app.extensions["nvllm.netpolicy"], api_key=settings.upstream_api_key)
         app.extensions["nvllm.prober"] = prober
         prober.start()
 
@@ -72,6 +73,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     import urllib3
 
     from service.fleet import Fleet
+    from service.lora import LoraCaller
     from service.metrics import BalancerMetrics
     from service.netpolicy import NetworkPolicy
     from service.probe import bounded_get
@@ -112,6 +114,10 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )
+    app.extensions["nvllm.lora"] = LoraCaller(
+        http, netpolicy, settings.upstream_api_key,
+        connect_timeout=settings.upstream_connect_timeout, read_timeout=settings.upstream_read_timeout,
+    )
     # Set by main() (server/metrics_dir.py) when the server runs worker processes.
     metrics = BalancerMetrics(fleet, clock=stores.clock, multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     fleet.on_breaker = metrics.observe_breaker
@@ -119,6 +125,15 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     app.extensions["nvllm.proxy"] = Proxy(
         fleet, policy, config, http=http, on_done=metrics.observe_upstream
     )
+
+
+def init_aliases(app: Flask, settings: Settings, stores) -> None:
+    """Model aliases, shared through Redis; each instance keeps a copy fresh
+    within NVLLM_FLEET_REFRESH seconds."""
+    from dao.alias import AliasStore
+    from service.alias import AliasBook
+
+    app.extensions["nvllm.aliases"] = AliasBook(AliasStore(stores.redis, stores.keys), refresh=settings.fleet_refresh)
 
 
 def init_body_limits(app: Flask, settings: Settings) -> None:

@@ -21,6 +21,8 @@ from werkzeug.exceptions import ClientDisconnected
 from middleware.auth import require_role
 from middleware.trace import add_log_fields, current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
+from service.adapters import model_cards
+from service.alias import AliasBook, with_model
 from service.paths import checked_path, checked_query
 from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
 from service.routing import route_request
@@ -36,18 +38,17 @@ def get_slots() -> UserSlots:
     return current_app.extensions["nvllm.user_slots"]
 
 
+def get_aliases() -> AliasBook:
+    return current_app.extensions["nvllm.aliases"]
+
+
 @bp.get("/models")
 @require_role("user")
 def models() -> Response:
-    """The union of the models of routable nodes, in OpenAI's list shape."""
-    names = sorted({m for s in get_proxy().fleet.routable() for m in s.node.models})
-    created = int(time.time())
-    return jsonify(
-        {
-            "object": "list",
-            "data": [{"id": m, "object": "model", "created": created, "owned_by": "nvllm"} for m in names],
-        }
-    )
+    """The union of the models and adapters of routable nodes, plus listed
+    aliases, in OpenAI's list shape with vLLM's lineage (`root`, `parent`)."""
+    cards = model_cards(get_proxy().fleet.routable(), get_aliases().aliases(), int(time.time()))
+    return jsonify({"object": "list", "data": cards})
 
 
 # merge_slashes off: werkzeug would otherwise redirect `//` away before the
@@ -82,7 +83,11 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
         raise BadRequest("request body must be valid JSON") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
-    model = payload.get("model")
+    served = get_aliases().resolve(payload.get("model"))
+    if served is not None:
+        payload["model"] = served
+        body = with_model(payload, served)
+    model = payload.get("model")  # as sent to the node: an alias resolved
     add_log_fields(model=model[:256] if isinstance(model, str) else None)
     proxy = get_proxy()
     try:

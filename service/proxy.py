@@ -15,6 +15,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
+from service.adapters import candidates as model_candidates
 from service.answer import AnswerMeter
 from service.fleet import Fleet
 from service.node_state import NodeState
@@ -184,7 +185,9 @@ class Proxy:
         return self.policy.choose(candidates, request, self.clock())
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
-        return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude]
+        routable = [s for s in self.fleet.routable() if s.node_id not in exclude]
+        # A LoRA adapter's name narrows the candidates to the nodes holding it.
+        return model_candidates(request.model, routable, self.fleet.known())
 
     def forward(
         self,
