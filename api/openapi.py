@@ -161,6 +161,7 @@ PATH_PARAMETERS: dict[str, Rule] = {
     "jti": JTI,
     "subpath": SEGMENT,
     "asset": Text(r"[A-Za-z0-9._-]+", "", description="A file of Swagger UI."),
+    "name": Text(description="A model alias, as clients name it."),
 }
 
 
