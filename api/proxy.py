@@ -11,7 +11,6 @@ from dataclasses import replace
 from flask import (
     Blueprint,
     Response,
-    current_app,
     g,
     jsonify,
     request,
@@ -20,8 +19,8 @@ from flask import (
 from werkzeug.exceptions import ClientDisconnected
 
 from middleware.auth import require_role
-from middleware.redis_client import get_stores
-from middleware.trace import current_trace_id, log_request
+from middleware.services import services
+from middleware.trace import add_log_fields, current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
 from service.adapters import model_cards
 from service.alias import AliasBook, with_model
@@ -35,19 +34,19 @@ bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
 
 def get_proxy() -> Proxy:
-    return current_app.extensions["nvllm.proxy"]
+    return services().proxy
 
 
 def get_slots() -> UserSlots:
-    return current_app.extensions["nvllm.user_slots"]
+    return services().user_slots
 
 
 def get_affinity() -> ResponseAffinity:
-    return current_app.extensions["nvllm.responses"]
+    return services().affinity
 
 
 def get_aliases() -> AliasBook:
-    return current_app.extensions["nvllm.aliases"]
+    return services().aliases
 
 
 @bp.get("/models")
@@ -92,10 +91,16 @@ def _proxy_view() -> Response:
     path = checked_path(request.path, request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI"))
     query = checked_query(request.query_string.decode("latin-1"))
     slot = get_slots().acquire(g.user.username)
-    try:
-        response = _forward(path, query, started, slot.release)
-    except BaseException:
+    counted = services().metrics.track_in_flight()
+
+    def release() -> None:
         slot.release()
+        counted()
+
+    try:
+        response = _forward(path, query, started, release)
+    except BaseException:
+        release()
         raise
     return response
 
@@ -110,10 +115,12 @@ def _forward(path: str, query: str, started: float, release: Callable[[], None])
         body = with_model(shaped.fields, served)
         if route.model is not None:  # None: pinned to a stored response's node, whatever it serves
             route = replace(route, model=served)
+    model = served or shaped.fields.get("model")  # as sent to the node: an alias resolved
+    add_log_fields(model=model[:256] if isinstance(model, str) else None)
     proxy = get_proxy()
     affinity = get_affinity()
     if shaped.response_id is not None:
-        route = replace(route, pinned_node=affinity.node_for(shaped.response_id, proxy.fleet, get_stores().clock()))
+        route = replace(route, pinned_node=affinity.node_for(shaped.response_id, proxy.fleet, services().clock()))
     try:
         answer = proxy.forward(
             shaped.target,
@@ -139,8 +146,9 @@ def _forward(path: str, query: str, started: float, release: Callable[[], None])
             # The tap may stop early (client gone): the node's answer must close too.
             answer.body.close()
             release()
-            log_request(answer.status, (time.perf_counter() - started) * 1000,
-                        node=answer.node_id, attempts=answer.attempts)
+            report = answer.report or {}
+            log_request(answer.status, (time.perf_counter() - started) * 1000, node=answer.node_id,
+                        attempts=answer.attempts, ttft=report.get("ttft"), output_tokens=report.get("output_tokens"))
 
     response = Response(
         stream_with_context(relay()), status=answer.status, headers=answer.headers, direct_passthrough=True

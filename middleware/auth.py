@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.errors import Forbidden, Unauthorized
 from model.user import Role
 
@@ -35,7 +35,7 @@ def bearer_token(api_key_header: bool = False) -> str:
 def authenticate(minimum: Role, api_key_header: bool = False) -> None:
     """Verify the request's token and put its claims on g.
     Raises Unauthorized (no, bad, expired, revoked) or Forbidden (role)."""
-    claims = get_stores().tokens.verify(bearer_token(api_key_header))
+    claims = services().tokens.verify(bearer_token(api_key_header))
     g.user = claims
     if RANK[claims.role] < RANK[minimum]:
         raise Forbidden(f"role {claims.role.value!r} may not do this; needs {minimum.value!r}")

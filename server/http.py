@@ -27,6 +27,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
 from config import Settings
+from middleware.services import EXTENSION
+from server.metrics_dir import worker_gone
 from server.store import SERVICE, StoreError, open_store
 
 log = logging.getLogger("nvllm.http")
@@ -142,6 +144,7 @@ class NvllmServer(BaseApplication):
             "when_ready": lambda _arbiter: on_ready() if on_ready else None,
             "post_fork": lambda _arbiter, _worker: _quiet_ssl_patch_warning(),
             "worker_exit": lambda _arbiter, worker: close_app(getattr(worker, "wsgi", None)),
+            "child_exit": lambda _arbiter, worker: worker_gone(worker.pid),
         }
         for name, value in options.items():
             self.cfg.set(name, value)
@@ -153,13 +156,14 @@ class NvllmServer(BaseApplication):
 def close_app(app: Any) -> None:
     """Stop an app's background work and withdraw its in-flight counts, so
     other instances do not see this one's load after it is gone."""
-    extensions = getattr(app, "extensions", {})
-    prober = extensions.get("nvllm.prober")
-    if prober is not None:
-        prober.close()
-    proxy = extensions.get("nvllm.proxy")
-    if proxy is not None:
-        proxy.fleet.close()
+    services = getattr(app, "extensions", {}).get(EXTENSION)
+    if services is None:
+        return
+    if services.prober is not None:
+        services.prober.close()
+    services.tokens.close()
+    services.aliases.close()
+    services.proxy.fleet.close()
 
 
 class NvllmWorker(GeventWorker):

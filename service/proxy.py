@@ -16,8 +16,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
 from service.adapters import candidates as model_candidates
+from service.answer import AnswerMeter
 from service.fleet import Fleet
 from service.node_state import NodeState
+from service.reasons import reason_category
 from service.routing import Decision, Policy, RouteRequest
 
 log = logging.getLogger("nvllm.proxy")
@@ -60,6 +62,8 @@ class Forwarded:
     node_id: str
     reason: str
     attempts: int
+    # The on_done report of the answer, once its body is done (for the access log).
+    report: dict | None = None
 
 
 class NodeFailed(Exception):
@@ -203,6 +207,7 @@ class Proxy:
         upstream_headers = self._request_headers(headers, trace_id)
         tried: set[str] = set()
         last_cause = "no attempt"
+        route = path.partition("?")[0]
         for attempt in range(1, self.config.retries + 2):
             try:
                 decision = self.select(request, frozenset(tried))
@@ -212,11 +217,13 @@ class Proxy:
                 break
             state = decision.state
             tried.add(state.node_id)
+            about = {"model": request.model, "route": route, "reason": reason_category(decision.kind, attempt)}
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
             policy = self.policy
-            policy.sent(ticket, decision, request, stream=stream, now=self.clock())
+            sent_at = self.clock()
+            policy.sent(ticket, decision, request, stream=stream, now=sent_at)
             try:
                 response = self._send(state, method, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
@@ -224,7 +231,7 @@ class Proxy:
                 self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
-                self._report(state, 0, f"failed:{type(exc).__name__}", started)
+                self._report(state, 0, f"failed:{type(exc).__name__}", started, about)
                 log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
                 continue
             if response.status in FAILURE_STATUSES:
@@ -240,19 +247,21 @@ class Proxy:
                 response.release_conn()
                 self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
-                self._report(state, response.status, f"retried:{response.status}", started)
+                self._report(state, response.status, f"retried:{response.status}", started, about)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
             policy.answered(ticket, self.clock())
             self._read_load(state, response)
-            return Forwarded(
+            answer = Forwarded(
                 status=response.status,
                 headers=self._response_headers(response),
-                body=self._relay(state, response, stream, started, first, ticket),
+                body=iter(()),
                 node_id=state.node_id,
                 reason=decision.reason,
                 attempts=attempt,
             )
+            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer, sent_at)
+            return answer
         raise NodeFailed(last_cause, len(tried))
 
     def _send(self, state: NodeState, method: str, path: str, body: bytes | None, headers: dict[str, str],
@@ -299,7 +308,8 @@ class Proxy:
             raise
 
     def _relay(
-        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1
+        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1,
+        about: dict | None = None, answer: Forwarded | None = None, sent_at: float = 0.0,
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
@@ -309,6 +319,10 @@ class Proxy:
         events = 0
         outcome = "ok"
         policy, clock = self.policy, self.clock
+        meter = AnswerMeter()
+        # In the routing clock: when the first token came, and the last event.
+        first_at = last_at = 0.0
+        first_events = 0
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
@@ -320,8 +334,11 @@ class Proxy:
                         now = clock()
                         before, events = events, events + seen
                         policy.progress(ticket, events - 1, now)
+                        last_at = now
                         if before < 2 <= events:
                             policy.first_token(ticket, now)
+                            first_at, first_events = now, events
+                meter.feed(chunk)
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -343,7 +360,14 @@ class Proxy:
             else:
                 _discard(response)
             self.fleet.release(state)
-            self._report(state, response.status, outcome, started)
+            report = self._report(
+                state, response.status, outcome, started, about or {},
+                ttft=first_at - sent_at if first_events else None,
+                itl=(last_at - first_at) / (events - first_events) if first_events and events > first_events else None,
+                output_tokens=meter.output_tokens(events if stream else None),
+            )
+            if answer is not None:
+                answer.report = report
 
     def _abandon(self, ticket: int, state: NodeState) -> None:
         """An attempt given up before the client saw any of it."""
@@ -352,16 +376,27 @@ class Proxy:
         self.policy.done(ticket, now)
         self.fleet.release(state)
 
-    def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
+    def _report(self, state: NodeState, status: int, outcome: str, started: float, about: dict,
+                *, ttft: float | None = None, itl: float | None = None, output_tokens: int = 0) -> dict:
+        """What one attempt came to, for metrics and the access log. `about`
+        carries the request's model, route (the forwarded path without its
+        query) and routing reason category; ttft and itl (mean seconds between
+        tokens) are None when not measured (a whole answer, a failed attempt)."""
+        report = {
+            "node": state.node_id,
+            "status": status,
+            "outcome": outcome,
+            "seconds": time.perf_counter() - started,
+            "model": about.get("model"),
+            "route": about.get("route", ""),
+            "reason": about.get("reason", ""),
+            "ttft": ttft,
+            "itl": itl,
+            "output_tokens": output_tokens,
+        }
         if self._on_done:
-            self._on_done(
-                {
-                    "node": state.node_id,
-                    "status": status,
-                    "outcome": outcome,
-                    "seconds": time.perf_counter() - started,
-                }
-            )
+            self._on_done(report)
+        return report
 
     def _read_load(self, state: NodeState, response) -> None:
         value = response.headers.get(LOAD_HEADER)
