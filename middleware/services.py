@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
+from dao.responses import ResponseStore
 from dao.storage import Storage
 from dao.user import UserStore
 from service.token import TokenService
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from service.netpolicy import NetworkPolicy
     from service.probe import Prober
     from service.proxy import Proxy, UserSlots
+    from service.responses import ResponseAffinity
 
 EXTENSION = "nvllm"
 
@@ -41,6 +43,7 @@ class Services:
     inflight: InflightStore
     users: UserStore
     tokens: TokenService
+    responses: ResponseStore
     clock: Callable[[], float]
     user_slots: UserSlots = field(init=False)
     netpolicy: NetworkPolicy = field(init=False)
@@ -48,6 +51,7 @@ class Services:
     metrics: BalancerMetrics = field(init=False)
     lora: LoraCaller = field(init=False)
     aliases: AliasBook = field(init=False)
+    affinity: ResponseAffinity = field(init=False)
     prober: Prober | None = None
 
 
