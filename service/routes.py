@@ -113,6 +113,20 @@ def is_forwarded(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1" or any(path == p for p, _ in root_paths())
 
 
+def label(path: str) -> str | None:
+    """A forwarded path as metrics name it: its route's pattern
+    (/v1/responses/{response_id}), "/v1/models", or "other" for any other /v1
+    path (clients choose those, so they must not make series of their own);
+    None for a path nvllm does not forward."""
+    if path == "/v1/models":
+        return path
+    segments = tuple(path[1:].split("/"))
+    for route in ROUTES:
+        if _matches(route.segments, segments):
+            return route.path
+    return "other" if path.startswith("/v1/") else None
+
+
 def _matches(pattern: tuple[str, ...], segments: tuple[str, ...]) -> bool:
     return len(pattern) == len(segments) and all(
         p == s or (p.startswith("{") and p.endswith("}")) for p, s in zip(pattern, segments, strict=True)
