@@ -59,6 +59,7 @@ def start_background(app: Flask, settings: Settings) -> None:
     from service.probe import Prober
 
     app.extensions["nvllm.proxy"].fleet.start()
+    app.extensions["nvllm.stats"].start()
     if settings.probe_interval > 0:
         stores = app.extensions["nvllm"]
         prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock,
@@ -112,9 +113,30 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     )
     metrics = BalancerMetrics(fleet)
     app.extensions["nvllm.metrics"] = metrics
+    recorder = init_stats(app, stores, fleet)
+
+    def on_done(done: dict) -> None:
+        metrics.observe_upstream(done)
+        recorder.observe(done)
+
     app.extensions["nvllm.proxy"] = Proxy(
-        fleet, make_policy(settings.routing, **options), config, http=http, on_done=metrics.observe_upstream
+        fleet, make_policy(settings.routing, **options), config, http=http, on_done=on_done
     )
+
+
+def init_stats(app: Flask, stores, fleet):
+    """Per-node request statistics, shared through Redis for the dashboard."""
+    from dao.stats import StatsStore
+    from service.stats import StatsRecorder
+
+    store = StatsStore(stores.redis, stores.keys)
+    recorder = StatsRecorder(
+        store, clock=stores.clock, instance_id=fleet.instance_id,
+        ejected=lambda: [s.node_id for s in fleet.known() if fleet.is_failing(s.node_id)],
+    )
+    app.extensions["nvllm.stats_store"] = store
+    app.extensions["nvllm.stats"] = recorder
+    return recorder
 
 
 def init_body_limits(app: Flask, settings: Settings) -> None:

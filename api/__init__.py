@@ -17,15 +17,19 @@ API_MAX_BODY = 64 * 1024
 
 
 def register_blueprints(app: Flask) -> None:
+    from api.dashboard import bp as dashboard_bp
     from api.health import bp as health_bp
     from api.node import bp as node_bp
     from api.proxy import bp as proxy_bp
+    from api.stats import bp as stats_bp
     from api.user import bp as user_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(user_bp)
     app.register_blueprint(node_bp)
+    app.register_blueprint(stats_bp)
     app.register_blueprint(proxy_bp)
+    app.register_blueprint(dashboard_bp)
 
 
 def ok(data: Any) -> Response:

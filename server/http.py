@@ -160,6 +160,9 @@ def close_app(app: Any) -> None:
     proxy = extensions.get("nvllm.proxy")
     if proxy is not None:
         proxy.fleet.close()
+    stats = extensions.get("nvllm.stats")
+    if stats is not None:
+        stats.close()  # its last second of request statistics
 
 
 class NvllmWorker(GeventWorker):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -217,7 +218,7 @@ class Proxy:
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
-                self._report(state, 0, f"failed:{type(exc).__name__}", started)
+                self._report(state, 0, f"failed:{type(exc).__name__}", started, request.model)
                 log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
                 continue
             if response.status in FAILURE_STATUSES:
@@ -234,7 +235,7 @@ class Proxy:
                 state.end(ticket)
                 self.fleet.release(state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
-                self._report(state, response.status, f"retried:{response.status}", started)
+                self._report(state, response.status, f"retried:{response.status}", started, request.model)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
             self.policy.routed(state, request)
@@ -242,7 +243,7 @@ class Proxy:
             return Forwarded(
                 status=response.status,
                 headers=self._response_headers(response),
-                body=self._relay(state, response, stream, started, first, ticket),
+                body=self._relay(state, response, stream, started, first, ticket, request.model),
                 node_id=state.node_id,
                 reason=decision.reason,
                 attempts=attempt,
@@ -292,7 +293,8 @@ class Proxy:
             raise
 
     def _relay(
-        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1
+        self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1,
+        model: str | None = None,
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
@@ -303,6 +305,10 @@ class Proxy:
         events = mark_events = 0
         mark_at = last_at = 0.0
         outcome = "ok"
+        tail = b""  # the answer's last bytes: where its usage is
+        # A chat stream opens with an event that carries the role, no token.
+        role = stream and b'"role"' in first.split(b"\n\n", 1)[0]
+        first_at = 0.0
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
@@ -310,6 +316,7 @@ class Proxy:
                     # Per-token time is measured from the second event on: the
                     # first (the role, or the first token) waits for the prefill.
                     last_at = time.perf_counter()
+                    first_at = first_at or last_at
                     seen = chunk.count(b"data:")
                     if events < 2 <= events + seen:  # the first token is here
                         mark_at, mark_events = last_at, events + seen
@@ -317,6 +324,7 @@ class Proxy:
                     events += seen
                     if sent:
                         sent.tokens = events - 1  # the role event carries no token
+                tail = (tail + chunk)[-USAGE_TAIL:]
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -340,9 +348,13 @@ class Proxy:
             self.fleet.release(state)
             if events - mark_events >= 3:
                 state.add_token_time((last_at - mark_at) / (events - mark_events))
-            self._report(state, response.status, outcome, started)
+            token_at = mark_at if role else first_at
+            self._report(state, response.status, outcome, started, model,
+                         ttft=token_at - started if token_at else None,
+                         output_tokens=output_tokens(tail, events - role if stream else None))
 
-    def _report(self, state: NodeState, status: int, outcome: str, started: float) -> None:
+    def _report(self, state: NodeState, status: int, outcome: str, started: float, model: str | None,
+                *, ttft: float | None = None, output_tokens: int = 0) -> None:
         if self._on_done:
             self._on_done(
                 {
@@ -350,6 +362,9 @@ class Proxy:
                     "status": status,
                     "outcome": outcome,
                     "seconds": time.perf_counter() - started,
+                    "model": model,
+                    "ttft": ttft,
+                    "output_tokens": output_tokens,
                 }
             )
 
@@ -369,6 +384,23 @@ class Proxy:
     @staticmethod
     def _response_headers(response) -> list[tuple[str, str]]:
         return [(k, v) for k, v in response.headers.items() if k.lower() in FORWARD_RESPONSE]
+
+
+USAGE_TAIL = 1024  # bytes kept of an answer's end: its usage object is in them
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+def output_tokens(tail: bytes, events: int | None) -> int:
+    """Tokens a node generated for one answer: the last `completion_tokens`
+    its usage reported (a whole answer always has one; a stream when asked
+    with stream_options.include_usage), else, for a stream, its events less the
+    final [DONE] (`events` counted without a chat stream's role event)."""
+    found = _COMPLETION_TOKENS.findall(tail)
+    if found:
+        return int(found[-1])
+    if events is None:
+        return 0
+    return max(0, events - (1 if b"[DONE]" in tail else 0))
 
 
 def _discard(response) -> None:
