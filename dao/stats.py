@@ -41,18 +41,23 @@ class StatsStore:
     @storage_errors
     def add(self, buckets: Buckets) -> None:
         """Add these counts to the shared buckets, in one MULTI."""
+        writes = {
+            self.keys.stats_bucket(start): {
+                f"{counter}:{scope}:{name}": n
+                for (scope, name), counts in scoped.items()
+                for counter, n in counts.fields().items()
+            }
+            for start, scoped in buckets.items()
+        }
+        writes = {key: fields for key, fields in writes.items() if fields}
+        if not writes:
+            return
         pipe = self.client.pipeline(transaction=True)
-        for start, scoped in buckets.items():
-            key = self.keys.stats_bucket(start)
-            wrote = False
-            for (scope, name), counts in scoped.items():
-                for counter, n in counts.fields().items():
-                    pipe.hincrby(key, f"{counter}:{scope}:{name}", n)
-                    wrote = True
-            if wrote:
-                pipe.expire(key, BUCKET_TTL)
-        if pipe.command_stack:
-            pipe.execute()
+        for key, fields in writes.items():
+            for field, n in fields.items():
+                pipe.hincrby(key, field, n)
+            pipe.expire(key, BUCKET_TTL)
+        pipe.execute()
 
     @storage_errors
     def read(self, first: int, last: int) -> Buckets:

@@ -184,7 +184,8 @@ function render(data) {
 function renderSpark(series, bucket) {
   const svg = $("spark");
   const ns = "http://www.w3.org/2000/svg";
-  const most = Math.max(0, ...series.map((b) => b.requests)) || 1;
+  const peak = Math.max(0, ...series.map((b) => b.requests));
+  const most = peak || 1;
   const line = (key, cls) => {
     const poly = document.createElementNS(ns, "polyline");
     const step = 300 / Math.max(1, series.length - 1);
@@ -193,7 +194,7 @@ function renderSpark(series, bucket) {
     return poly;
   };
   svg.replaceChildren(line("requests"), line("errors", "errors"));
-  $("spark-peak").textContent = (most / bucket).toFixed(1) + "/s";
+  $("spark-peak").textContent = (peak / bucket).toFixed(1) + "/s";
   svg.setAttribute("aria-label", "fleet requests per second, last minute; now " + ((series.length ? series[series.length - 1].requests : 0) / bucket).toFixed(1));
 }
 
