@@ -149,17 +149,6 @@ function kv(info) {
   return info.kv_cache <= 100 ? info.kv_cache + "%" : String(info.kv_cache);
 }
 
-function yesNo(value) {
-  return el("td", value ? "yes" : "no", value ? "yes" : "no");
-}
-
-function health(node) {
-  const parts = [];
-  if (node.probe_failing) parts.push("polls failing");
-  if (node.ejected_by) parts.push("ejected by " + node.ejected_by);
-  return el("td", parts.length ? parts.join(", ") : "ok", parts.length ? "text no" : "text yes");
-}
-
 function card(label, value) {
   const box = el("div", null, "card");
   box.append(el("div", label, "label"), el("div", value, "value"));
@@ -198,35 +187,59 @@ function renderSpark(series, bucket) {
   svg.setAttribute("aria-label", "fleet requests per second, last minute; now " + ((series.length ? series[series.length - 1].requests : 0) / bucket).toFixed(1));
 }
 
+// Rows are keyed by node id and updated in place: a row (and its buttons)
+// stays the same element from one poll to the next, so a click is never lost
+// to a re-render.
 function renderNodes(nodes) {
   const admin = session().role === "admin";
+  const body = $("nodes").tBodies[0];
+  const existing = new Map([...body.rows].map((tr) => [tr.dataset.nodeId, tr]));
   const rows = nodes.map((node) => {
-    const tr = el("tr", null, node.alive ? "" : "dead");
-    tr.dataset.nodeId = node.node_id;
-    const st = node.stats;
-    const status = el("td", null, "text status");
-    status.append(el("span", node.node_status, "badge " + node.node_status));
-    const address = node.node_address === undefined ? "" : node.node_address + ":" + node.node_port;
-    tr.append(
-      el("td", node.node_id, "text"), status, yesNo(node.alive), yesNo(node.routable),
-      el("td", node.node_info.running), el("td", node.node_info.waiting), el("td", kv(node.node_info)),
-      el("td", node.inflight), health(node), el("td", seconds(st.ttft_p50)), el("td", seconds(st.ttft_p99)),
-      el("td", num(st.tokens_per_s)), el("td", num(st.requests_per_s, 2)),
-      el("td", num(st.errors_per_s, 2), st.errors_per_s > 0 ? "no" : ""),
-      el("td", node.models.length ? node.models.join(", ") : "any", "models"),
-      el("td", address, "text addr"),
-    );
-    const actions = el("td", null, "actions admin");
-    if (admin) {
-      if (node.node_status === "draining") actions.append(actionButton("undrain", node.node_id));
-      else actions.append(actionButton("drain", node.node_id));
-      actions.append(actionButton("delete", node.node_id));
+    let tr = existing.get(node.node_id);
+    if (!tr) {
+      tr = el("tr");
+      tr.dataset.nodeId = node.node_id;
     }
-    tr.append(actions);
+    fillNodeRow(tr, node, admin);
     return tr;
   });
-  $("nodes").tBodies[0].replaceChildren(...rows);
+  const same = rows.length === body.rows.length && rows.every((tr, i) => body.rows[i] === tr);
+  if (!same) body.replaceChildren(...rows);
   $("no-nodes").hidden = nodes.length > 0;
+}
+
+function fillNodeRow(tr, node, admin) {
+  const st = node.stats;
+  const address = node.node_address === undefined ? "" : node.node_address + ":" + node.node_port;
+  const problems = [];
+  if (node.probe_failing) problems.push("polls failing");
+  if (node.ejected_by) problems.push("ejected by " + node.ejected_by);
+  const cells = [
+    [node.node_id, "text"],
+    [node.node_status, "text status", "badge " + node.node_status],
+    [node.alive ? "yes" : "no", node.alive ? "yes" : "no"],
+    [node.routable ? "yes" : "no", node.routable ? "yes" : "no"],
+    [node.node_info.running], [node.node_info.waiting], [kv(node.node_info)], [node.inflight],
+    [problems.length ? problems.join(", ") : "ok", problems.length ? "text no" : "text yes"],
+    [seconds(st.ttft_p50)], [seconds(st.ttft_p99)], [num(st.tokens_per_s)], [num(st.requests_per_s, 2)],
+    [num(st.errors_per_s, 2), st.errors_per_s > 0 ? "no" : ""],
+    [node.models.length ? node.models.join(", ") : "any", "models"],
+    [address, "text addr"],
+  ];
+  tr.className = node.alive ? "" : "dead";
+  cells.forEach(([text, cls, badge], i) => {
+    let td = tr.cells[i];
+    if (!td) td = tr.appendChild(el("td"));
+    if (td.className !== (cls || "")) td.className = cls || "";
+    const target = badge ? (td.firstElementChild || td.appendChild(el("span"))) : td;
+    if (badge && target.className !== badge) target.className = badge;
+    if (target.textContent !== String(text)) target.textContent = String(text);
+  });
+  let actions = tr.cells[cells.length];
+  if (!actions) actions = tr.appendChild(el("td", null, "actions admin"));
+  const wanted = admin ? [node.node_status === "draining" ? "undrain" : "drain", "delete"] : [];
+  const have = [...actions.children].map((b) => b.dataset.action);
+  if (have.join() !== wanted.join()) actions.replaceChildren(...wanted.map((a) => actionButton(a, node.node_id)));
 }
 
 function renderModels(models) {

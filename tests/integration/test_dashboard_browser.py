@@ -90,9 +90,15 @@ def test_log_in_watch_a_node_arrive_and_drain_it(start_service, redis_url, brows
     WebDriverWait(browser, APPEARS_WITHIN, poll_frequency=0.05).until(ec.presence_of_element_located(row("gpu-07")))
     appeared = time.monotonic() - registered
     assert appeared <= APPEARS_WITHIN
-    cells = [cell.text for cell in browser.find_element(*row("gpu-07")).find_elements(By.TAG_NAME, "td")]
+    the_row = browser.find_element(*row("gpu-07"))
+    cells = [cell.text for cell in the_row.find_elements(By.TAG_NAME, "td")]
     assert cells[:8] == ["gpu-07", "online", "yes", "yes", "3", "1", "42%", "0"]
     assert "127.0.0.1:8000" in cells
+    # Polls update the row in place: the element (and a click on its buttons) survives them.
+    polls = browser.execute_script("return document.getElementById('updated').textContent")
+    WebDriverWait(browser, 5).until(
+        lambda d: d.execute_script("return document.getElementById('updated').textContent") != polls)
+    assert browser.find_element(*row("gpu-07")) == the_row
 
     browser.find_element(By.CSS_SELECTOR, '#nodes button[data-action="drain"][data-node-id="gpu-07"]').click()
     WebDriverWait(browser, 5).until(ec.visibility_of_element_located((By.ID, "confirm-ok"))).click()
