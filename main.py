@@ -46,6 +46,7 @@ def create_app(
     init_cors(app, settings)
     stores = init_redis(app, settings, redis_client, clock)
     init_balancer(app, settings, stores)
+    init_aliases(app, settings, stores)
     register_blueprints(app)
     register_error_handlers(app)
     bootstrap_admin(stores, settings)
@@ -63,7 +64,7 @@ def start_background(app: Flask, settings: Settings) -> None:
     if settings.probe_interval > 0:
         stores = app.extensions["nvllm"]
         prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock,
-                        netpolicy=app.extensions["nvllm.netpolicy"])
+                        netpolicy=app.extensions["nvllm.netpolicy"], api_key=settings.upstream_api_key)
         app.extensions["nvllm.prober"] = prober
         prober.start()
 
@@ -72,12 +73,13 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     """The fleet view, the routing policy and the forwarding proxy."""
     import urllib3
 
-    from service.balancer import make_policy
     from service.fleet import Fleet
+    from service.lora import LoraCaller
     from service.metrics import BalancerMetrics
     from service.netpolicy import NetworkPolicy
     from service.probe import bounded_get
     from service.proxy import Proxy, UpstreamConfig
+    from service.routing import make_policy
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
     netpolicy = NetworkPolicy.from_settings(
@@ -94,6 +96,8 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
             return False
         return bounded_get(url + "/health", 1.0)[0] == 200
 
+    options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
+    policy = make_policy(settings.routing, **options)
     fleet = Fleet(
         stores.nodes,
         stores.inflight,
@@ -102,14 +106,18 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         clock=stores.clock,
         health_check=healthy,
         netpolicy=netpolicy,
+        listener=policy,
     )
-    options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
     config = UpstreamConfig(
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
         stream_timeout=settings.upstream_stream_timeout,
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
+    )
+    app.extensions["nvllm.lora"] = LoraCaller(
+        http, netpolicy, settings.upstream_api_key,
+        connect_timeout=settings.upstream_connect_timeout, read_timeout=settings.upstream_read_timeout,
     )
     metrics = BalancerMetrics(fleet)
     app.extensions["nvllm.metrics"] = metrics
@@ -120,7 +128,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         recorder.observe(done)
 
     app.extensions["nvllm.proxy"] = Proxy(
-        fleet, make_policy(settings.routing, **options), config, http=http, on_done=on_done
+        fleet, policy, config, http=http, on_done=on_done
     )
 
 
@@ -137,6 +145,15 @@ def init_stats(app: Flask, stores, fleet):
     app.extensions["nvllm.stats_store"] = store
     app.extensions["nvllm.stats"] = recorder
     return recorder
+
+
+def init_aliases(app: Flask, settings: Settings, stores) -> None:
+    """Model aliases, shared through Redis; each instance keeps a copy fresh
+    within NVLLM_FLEET_REFRESH seconds."""
+    from dao.alias import AliasStore
+    from service.alias import AliasBook
+
+    app.extensions["nvllm.aliases"] = AliasBook(AliasStore(stores.redis, stores.keys), refresh=settings.fleet_refresh)
 
 
 def init_body_limits(app: Flask, settings: Settings) -> None:

@@ -13,6 +13,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.nvllm import NodeGone, NvllmError, Rejected, Unreachable
 from agent.vllm import VllmError
+from model.adapter import Adapter
 from model.vllm_metrics import Load
 
 log = logging.getLogger("nvllm.agent")
@@ -30,7 +31,7 @@ class Nvllm(Protocol):
 
 class Vllm(Protocol):
     def health_problem(self) -> str | None: ...
-    def models(self) -> list[str]: ...
+    def catalog(self) -> tuple[list[str], list[Adapter]]: ...
     def load(self) -> Load: ...
 
 
@@ -41,6 +42,7 @@ class Observation:
     healthy: bool
     load: Load | None = None
     models: list[str] | None = None
+    adapters: list[Adapter] | None = None
 
     @property
     def status(self) -> str:
@@ -82,6 +84,7 @@ class Agent:
         self.registered = False
         self.sent_status: str | None = None  # the node_status nvllm last accepted from us
         self.sent_models: list[str] | None = None
+        self.sent_adapters: list[Adapter] = []
         # Last state of each thing that can change ("vllm", "nvllm", "metrics",
         # ...), so that each change is logged once.
         self._states: dict[str, str] = {}
@@ -137,7 +140,8 @@ class Agent:
             return Observation(healthy=False)
         if self._set("vllm", ONLINE) == OFFLINE:
             log.info("vLLM healthy: reporting online")
-        return Observation(healthy=True, load=self._read_load(), models=self._read_models())
+        models, adapters = self._read_models()
+        return Observation(healthy=True, load=self._read_load(), models=models, adapters=adapters)
 
     def _read_load(self) -> Load | None:
         try:
@@ -150,15 +154,15 @@ class Agent:
             log.info("vLLM's /metrics readable again")
         return load
 
-    def _read_models(self) -> list[str] | None:
+    def _read_models(self) -> tuple[list[str] | None, list[Adapter] | None]:
         try:
-            models = self.vllm.models()
+            models, adapters = self.vllm.catalog()
         except VllmError as exc:
             if self._set("models", "failing") != "failing":
                 log.warning("cannot read vLLM's /v1/models (%s); is --vllm-api-key needed?", exc)
-            return None
+            return None, None
         self._set("models", "ok")
-        return models
+        return models, adapters
 
     # --- nvllm ---
 
@@ -178,8 +182,13 @@ class Agent:
             payload["node_info"] = seen.load.to_node_info()
         if self.config.remark is not None:
             payload["remark"] = self.config.remark
+        adapters = seen.adapters if seen.adapters is not None else self.sent_adapters
+        # Sent only when there are any: a node without LoRA registers as before.
+        if adapters:
+            payload["adapters"] = [a.to_dict() for a in adapters]
         self.nvllm.register(payload)
         self.registered, self.sent_status, self.sent_models = True, seen.status, models
+        self.sent_adapters = adapters
         log.info("registered node %s at %s (%s, models: %s)", self.config.node_id, self._node_url(),
                  seen.status, ", ".join(models) or "any")
 
@@ -200,11 +209,16 @@ class Agent:
             changes["node_info"] = seen.load.to_node_info()
         if seen.models is not None and seen.models != self.sent_models:
             changes["models"] = seen.models
+        if seen.adapters is not None and seen.adapters != self.sent_adapters:
+            changes["adapters"] = [a.to_dict() for a in seen.adapters]
         node = self.nvllm.update(self.config.node_id, changes)
         self.sent_status = changes.get("node_status", self.sent_status)
         if "models" in changes:
             self.sent_models = changes["models"]
             log.info("models changed: %s", ", ".join(self.sent_models) or "none listed")
+        if "adapters" in changes:
+            self.sent_adapters = list(seen.adapters or [])
+            log.info("LoRA adapters changed: %s", ", ".join(a.id for a in self.sent_adapters) or "none")
         self._note_outside_status(node)
 
     def _note_outside_status(self, node: Any) -> None:

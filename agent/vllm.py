@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import urllib3
 
 from agent.transport import USER_AGENT, HTTPError, describe, make_pool
+from model.adapter import Adapter, parse_model_list
 from model.vllm_metrics import Load, MetricsError, parse_load
 
 
@@ -36,10 +35,15 @@ class VllmClient:
         return None
 
     def models(self) -> list[str]:
-        """The served model names (ids) from /v1/models. Raises VllmError."""
+        """The served base model names from /v1/models. Raises VllmError."""
+        return self.catalog()[0]
+
+    def catalog(self) -> tuple[list[str], list[Adapter]]:
+        """(base model names, LoRA adapters) from /v1/models: a card with a
+        `parent` is an adapter of that model. Raises VllmError."""
         body = self._get("/v1/models", self._v1_headers)
         try:
-            return [entry["id"] for entry in json.loads(body)["data"] if isinstance(entry["id"], str)]
+            return parse_model_list(body)
         except (ValueError, KeyError, TypeError):
             raise VllmError("/v1/models is not an OpenAI model list") from None
 

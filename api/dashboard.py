@@ -25,18 +25,20 @@ CONTENT_SECURITY_POLICY = (
 
 @bp.get("/")
 def root() -> Response:
+    """Redirects to the dashboard (302)."""
     return redirect("/dashboard", code=302)
 
 
 @bp.get("/dashboard")
 def dashboard() -> Response:
+    """The status dashboard: one page that logs in and polls GET /api/node/stats."""
     return send_from_directory(STATIC_DIR, "dashboard.html", max_age=0)
 
 
-@bp.get("/static/<path:name>")
-def static(name: str) -> Response:
-    """The page's assets; send_from_directory refuses any path outside static/."""
-    return send_from_directory(STATIC_DIR, name, max_age=60)
+@bp.get("/static/<file>")
+def static(file: str) -> Response:
+    """The dashboard's script and style; send_from_directory refuses any path outside static/."""
+    return send_from_directory(STATIC_DIR, file, max_age=60)
 
 
 @bp.after_request

@@ -7,11 +7,11 @@ from flask import Blueprint, Response, current_app, g, request
 from api import json_body, ok
 from middleware.auth import require_role
 from middleware.redis_client import get_stores
-from model.node import Actor, NodeLimits
+from model.node import NODE_FILTERS, SELECT_QUERY, Actor, NodeLimits
 from model.user import Role
 from service import node as nodes
-from service.balancer import RouteRequest
 from service.netpolicy import NetworkPolicy
+from service.routing import RouteRequest
 
 bp = Blueprint("node", __name__, url_prefix="/api/node/node")
 
@@ -94,8 +94,12 @@ def status(node_id: str) -> Response:
 @require_role("user")
 def select() -> Response:
     """The node the balancer would pick now for ?model= (503 when none)."""
+    query = SELECT_QUERY.check(None, request.args.to_dict())
     proxy = current_app.extensions["nvllm.proxy"]
-    decision = proxy.select(RouteRequest(model=request.args.get("model") or None))
+    model = query.get("model") or None
+    # An alias selects as the model it stands for, as on /v1.
+    model = current_app.extensions["nvllm.aliases"].resolve(model) or model
+    decision = proxy.select(RouteRequest(model=model))
     data = decision.state.node.to_dict(_now(), include_address=_sees_addresses())
     if _sees_addresses():
         data["url"] = decision.state.node.url
@@ -106,14 +110,15 @@ def select() -> Response:
 @bp.get("/all")
 @require_role("user")
 def all_nodes() -> Response:
+    query = NODE_FILTERS.check(None, request.args.to_dict())
     now = _now()
     found = nodes.list_nodes(
         get_stores().nodes,
         now=now,
         retention=_retention(),
-        status=request.args.get("status"),
-        model=request.args.get("model") or None,
-        node_type=request.args.get("type") or None,
+        status=query.get("status"),
+        model=query.get("model") or None,
+        node_type=query.get("type") or None,
     )
     addresses = _sees_addresses()
     return ok([n.to_dict(now, include_address=addresses) for n in found])

@@ -21,9 +21,11 @@ from werkzeug.exceptions import ClientDisconnected
 from middleware.auth import require_role
 from middleware.trace import current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
-from service.balancer import route_request
+from service.adapters import model_cards
+from service.alias import AliasBook, with_model
 from service.paths import checked_path, checked_query
 from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
+from service.routing import route_request
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
@@ -36,18 +38,17 @@ def get_slots() -> UserSlots:
     return current_app.extensions["nvllm.user_slots"]
 
 
+def get_aliases() -> AliasBook:
+    return current_app.extensions["nvllm.aliases"]
+
+
 @bp.get("/models")
 @require_role("user")
 def models() -> Response:
-    """The union of the models of routable nodes, in OpenAI's list shape."""
-    names = sorted({m for s in get_proxy().fleet.routable() for m in s.node.models})
-    created = int(time.time())
-    return jsonify(
-        {
-            "object": "list",
-            "data": [{"id": m, "object": "model", "created": created, "owned_by": "nvllm"} for m in names],
-        }
-    )
+    """The union of the models and adapters of routable nodes, plus listed
+    aliases, in OpenAI's list shape with vLLM's lineage (`root`, `parent`)."""
+    cards = model_cards(get_proxy().fleet.routable(), get_aliases().aliases(), int(time.time()))
+    return jsonify({"object": "list", "data": cards})
 
 
 # merge_slashes off: werkzeug would otherwise redirect `//` away before the
@@ -76,12 +77,16 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
         raise BadRequest("request body must be valid JSON") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
+    served = get_aliases().resolve(payload.get("model"))
+    if served is not None:
+        payload["model"] = served
+        body = with_model(payload, served)
     proxy = get_proxy()
     try:
         answer = proxy.forward(
             path,
             body,
-            route_request(payload),
+            route_request(payload, request.headers.get("X-Session-ID")),
             dict(request.headers),
             stream=payload.get("stream") is True,
             trace_id=current_trace_id(),

@@ -8,10 +8,8 @@ from api import json_body, ok
 from middleware.auth import require_role
 from middleware.client import request_client_address
 from middleware.redis_client import get_stores
-from model.errors import ValidationError
-from model.user import validate_username
+from model.user import DEFAULT_MINTED_TTL, TOKEN_REQUEST, validate_username
 from service import user as users
-from service.token import MAX_TOKEN_TTL
 
 bp = Blueprint("user", __name__, url_prefix="/api/user")
 
@@ -74,12 +72,7 @@ def delete(username: str) -> Response:
 def mint_token(username: str) -> Response:
     """A long-lived token for a worker's agent: {"ttl": seconds}, default 1 year.
     Its `jti` is what revokes it alone (DELETE token/<jti>)."""
-    body = json_body()
-    if not isinstance(body, dict) or set(body) - {"ttl"}:
-        raise ValidationError("body", 'may only hold "ttl"')
-    ttl = body.get("ttl", 365 * 86400)
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= MAX_TOKEN_TTL:
-        raise ValidationError("ttl", f"must be an integer between 60 and {MAX_TOKEN_TTL}")
+    ttl = TOKEN_REQUEST.check(None, json_body()).get("ttl", DEFAULT_MINTED_TTL)
     stores = get_stores()
     user = users.get_user(stores.users, validate_username(username))
     token, jti = stores.tokens.mint(user, ttl)

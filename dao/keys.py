@@ -43,6 +43,19 @@ class Keys:
         """String with TTL: the instance that polls this node this interval."""
         return self._key("probe", node_id)
 
+    # model aliases
+    def aliases(self) -> str:
+        """Hash: client-facing alias -> the served model it stands for."""
+        return self._key("aliases")
+
+    def aliases_hidden(self) -> str:
+        """Set: aliases left out of GET /v1/models (they still route)."""
+        return self._key("aliases_hidden")
+
+    def aliases_rev(self) -> str:
+        """String: counts alias writes, so instances re-read only after one."""
+        return self._key("aliases_rev")
+
     # request statistics (dao/stats.py)
     def stats_bucket(self, start: int) -> str:
         """Hash with TTL: counters of the time bucket starting at `start` (epoch

@@ -9,6 +9,7 @@ import resource
 import signal
 import sys
 
+from fakevllm.lora import parse_modules
 from fakevllm.metrics import METRICS_STYLES
 from fakevllm.server import FakeServer
 
@@ -28,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--metrics-style", choices=METRICS_STYLES, default="v1")
     ap.add_argument("--fleet", type=int, default=1, help="number of servers to run in this process")
+    ap.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
+                    help="LoRA adapters of the first model, as vLLM's --lora-modules")
+    ap.add_argument("--max-loras", type=int, default=1)
+    ap.add_argument("--allow-runtime-lora-updating", action="store_true",
+                    help="serve /v1/load_lora_adapter and /v1/unload_lora_adapter "
+                         "(vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
     return ap.parse_args(argv)
 
 
@@ -46,6 +53,9 @@ def build_servers(args: argparse.Namespace) -> list[FakeServer]:
             port=args.port + i if args.port else 0,
             api_key=args.api_key,
             metrics_style=args.metrics_style,
+            lora_modules=parse_modules(args.lora_modules),
+            max_loras=args.max_loras,
+            runtime_lora_updating=args.allow_runtime_lora_updating,
         )
         for i in range(args.fleet)
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,10 +21,12 @@ class VLLMCollector:
     that exported the V1 names next to the deprecated gpu_* ones.
     """
 
-    def __init__(self, engine: Engine, model_name: str, style: str) -> None:
+    def __init__(self, engine: Engine, model_name: str, style: str,
+                 extra: Callable[[Engine], Iterator[Metric]] | None = None) -> None:
         if style not in METRICS_STYLES:
             raise ValueError(f"metrics_style must be one of {METRICS_STYLES}")
         self.engine = engine
+        self.extra = extra  # more families read at scrape time (LoRA info)
         self.style = style
         self.labels = ["model_name"] if style == "legacy" else ["model_name", "engine"]
         self.values = [model_name] if style == "legacy" else [model_name, "0"]
@@ -75,6 +77,8 @@ class VLLMCollector:
         yield success
         if self.style != "legacy":
             yield self._cache_config_info()
+        if self.extra is not None:
+            yield from self.extra(self.engine)
 
     def _legacy_only(self, usage: float) -> Iterator[Metric]:
         c = self.engine.counters

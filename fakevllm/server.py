@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from fakevllm import protocol as p
+from fakevllm import realtime
 from fakevllm.engine import Engine, Seq, block_hashes
+from fakevllm.lora import Loras
 from fakevllm.metrics import VLLMCollector, make_registry, orca_header, render
 
 T = TypeVar("T")
@@ -85,6 +87,9 @@ class FakeServer:
         max_model_len: int | None = None,
         default_max_tokens: int = 16,
         embedding_dim: int = 64,
+        lora_modules: dict[str, str] | None = None,
+        max_loras: int = 1,
+        runtime_lora_updating: bool = False,
     ) -> None:
         self.models = [models] if isinstance(models, str) else list(models)
         if not self.models:
@@ -98,7 +103,10 @@ class FakeServer:
         self.embedding_dim = embedding_dim
         self.fault: str | None = None
         self.counters = ServerStats()
-        self._registry = make_registry(VLLMCollector(self.engine, self.models[0], metrics_style))
+        self.loras = Loras(lora_modules, self.models[0], max_loras=max_loras,
+                           runtime_updating=runtime_lora_updating)
+        self._registry = make_registry(VLLMCollector(self.engine, self.models[0], metrics_style,
+                                                     extra=self.loras.collect))
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopping = False
@@ -118,6 +126,8 @@ class FakeServer:
             web.post("/v1/completions", self._completions),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
+            web.get("/v1/realtime", self._realtime),
+            *self.loras.routes(),
             web.get("/health", self._health),
             web.get("/metrics", self._metrics),
             web.get("/load", self._load),
@@ -247,11 +257,15 @@ class FakeServer:
         if not isinstance(body, dict):
             raise p.BadRequest("The request body must be a JSON object")
         model = body.get("model") or self.models[0]
-        if model not in self.models:
+        if not self._serves(model):
             raise ApiError(404, "NotFoundError", f"The model `{model}` does not exist.", param="model")
         return body, model
 
-    def _new_seqs(self, prompts: list[list[Any]], n_out: int, salt: Any) -> tuple[list[Seq], asyncio.Event]:
+    def _serves(self, model: str) -> bool:
+        return model in self.models or model in self.loras.modules
+
+    def _new_seqs(self, prompts: list[list[Any]], n_out: int, salt: Any,
+                  model: str | None = None) -> tuple[list[Seq], asyncio.Event]:
         for tokens in prompts:
             if len(tokens) + n_out > self.max_model_len:
                 raise p.BadRequest(
@@ -260,7 +274,10 @@ class FakeServer:
                     "the completion). Please reduce the length of the messages or completion.")
         wake = asyncio.Event()
         salt = salt if isinstance(salt, str) else None
-        return [Seq(len(t), n_out, block_hashes(t, salt), wake) for t in prompts], wake
+        seqs = [Seq(len(t), n_out, block_hashes(t, salt), wake) for t in prompts]
+        if model is not None:
+            self.loras.track(seqs, model)
+        return seqs, wake
 
     @contextlib.contextmanager
     def _track(self, seqs: list[Seq]) -> Iterator[None]:
@@ -278,6 +295,7 @@ class FakeServer:
             raise
         finally:
             self.counters.in_flight -= 1
+            self.loras.forget(seqs)
             for seq in seqs:
                 self.engine.abort(seq)
 
@@ -310,7 +328,7 @@ class FakeServer:
     async def _generate(self, request: web.Request, body: dict[str, Any], model: str,
                         prompts: list[list[Any]], chat: bool) -> web.StreamResponse:
         n_out = p.max_tokens(body, self.default_max_tokens)
-        seqs, wake = self._new_seqs(prompts, n_out, body.get("cache_salt"))
+        seqs, wake = self._new_seqs(prompts, n_out, body.get("cache_salt"), model)
         rid = ("chatcmpl-" if chat else "cmpl-") + (request.headers.get("X-Request-Id") or uuid.uuid4().hex)
         created = int(time.time())
         if body.get("stream"):
@@ -379,7 +397,10 @@ class FakeServer:
         data = [{"id": m, "object": "model", "created": created, "owned_by": "vllm", "root": self.models[0],
                  "parent": None, "max_model_len": self.max_model_len,
                  "permission": [p.model_permission(created)]} for m in self.models]
-        return self._json({"object": "list", "data": data})
+        return self._json({"object": "list", "data": data + self.loras.cards(created)})
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        return await realtime.serve(request, self._serves)
 
     # -- operational routes ------------------------------------------------------------
 

@@ -44,6 +44,9 @@ def require_role(minimum: str) -> Callable[[F], F]:
             authenticate(role)
             return view(*args, **kwargs)
 
+        # Read by the OpenAPI description (api/openapi.py): the role it states
+        # is the one enforced here.
+        wrapped.nvllm_role = role  # type: ignore[attr-defined]
         return wrapped  # type: ignore[return-value]
 
     return decorator

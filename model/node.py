@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import re
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from model.adapter import MAX_ADAPTERS, Adapter, adapters_from_json, adapters_to_json, validate_adapter_names, validate_adapters
+from model.adapter import MAX_NAME as MAX_ADAPTER_NAME
+from model.adapter import MAX_ROOT as MAX_ADAPTER_ROOT
 from model.errors import ValidationError
+from model.schema import Choice, Custom, Fields, Integer, Items, Number, Text
 
 # A node id becomes part of a Redis key, so it may never hold ':', '*', '?',
-# '[' or whitespace (see dao/keys.py). \Z, not $: $ also matches before a
-# trailing newline.
-NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-NODE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# '[' or whitespace (see dao/keys.py). Unanchored: model/schema.py anchors them.
+NODE_ID_CHARS = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+NODE_TYPE_CHARS = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 HOST_LABEL_PATTERN = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 MAX_REMARK = 256
 MAX_MODELS = 64
@@ -26,6 +28,7 @@ MAX_MODEL_NAME = 256
 MAX_TIMEOUT = 86400
 MAX_COUNT = 10**9
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+_MODEL_NAME_ERROR = f"each name must be a string of 1-{MAX_MODEL_NAME} chars"
 
 
 class NodeStatus(StrEnum):
@@ -39,49 +42,23 @@ def format_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime(TIME_FORMAT)
 
 
-# --- field checks: each returns the clean value or raises ValidationError ---
+# --- field rules (model/schema.py): each checks a value and describes it ---
 
-
-def _int_field(name: str, value: Any, low: int, high: int) -> int:
-    # bool is a subclass of int; JSON true is not a port number.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(name, "must be an integer")
-    if not low <= value <= high:
-        raise ValidationError(name, f"must be between {low} and {high}")
-    return value
-
-
-def _fraction_field(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(name, "must be a number")
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise ValidationError(name, "must be between 0 and 1")
-    return float(value)
-
-
-def _str_field(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(name, "must be a string")
-    return value
-
-
-def _pattern_field(name: str, value: Any, pattern: re.Pattern[str], rule: str) -> str:
-    if not pattern.match(_str_field(name, value)):
-        raise ValidationError(name, rule)
-    return value
+NODE_ID = Text(
+    NODE_ID_CHARS,
+    "must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
+    description="The node's id; a UUID when left out on register.",
+)
 
 
 def validate_node_id(value: Any, name: str = "node_id") -> str:
-    return _pattern_field(
-        name,
-        value,
-        NODE_ID_PATTERN,
-        "must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
-    )
+    return NODE_ID.check(name, value)
 
 
 def _address_field(value: Any) -> str:
-    text = _str_field("node_address", value)
+    if not isinstance(value, str):
+        raise ValidationError("node_address", "must be a string")
+    text = value
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -104,31 +81,87 @@ def _address_field(value: Any) -> str:
     raise ValidationError("node_address", "must be an IPv4/IPv6 address or a DNS host name")
 
 
-def _models_field(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise ValidationError("models", "must be a list of model names")
-    if len(value) > MAX_MODELS:
-        raise ValidationError("models", f"must hold at most {MAX_MODELS} names")
-    for name in value:
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_MODEL_NAME:
-            raise ValidationError("models", f"each name must be a string of 1-{MAX_MODEL_NAME} chars")
-        if any(ord(ch) < 32 for ch in name):
-            raise ValidationError("models", "names may not hold control characters")
-    return list(dict.fromkeys(value))
+NODE_ADDRESS = Custom(
+    _address_field,
+    # Every IPv4/IPv6 literal and host name is made of these; the check is finer.
+    {"type": "string", "minLength": 1, "maxLength": 254, "pattern": "^[A-Za-z0-9.:-]+$"},
+    also="It must be an IPv4 or IPv6 address (no zone) or a DNS host name (labels of 1-63 letters, digits "
+    "or inner hyphens, at most 253 characters, the last label not all digits), and resolve to an address "
+    "in NVLLM_ALLOWED_NETWORKS (403 otherwise).",
+    description="Where the node's vLLM server listens; 0.0.0.0 (the default) means no address yet.",
+)
 
+NODE_STATUS = Choice(
+    tuple(s.value for s in NodeStatus),
+    "draining: no new requests, the running ones finish. An expired node shows as offline.",
+)
 
-def _status_field(value: Any) -> NodeStatus:
-    try:
-        return NodeStatus(_str_field("node_status", value))
-    except ValueError:
-        raise ValidationError("node_status", "must be one of online, offline, draining") from None
+NODE_INFO = Fields(
+    {
+        "running": Integer(0, MAX_COUNT, "Requests the node is generating for."),
+        "waiting": Integer(0, MAX_COUNT, "Requests queued on the node."),
+        "kv_cache": Integer(0, MAX_COUNT, "KV-cache usage (the agent reports whole percent)."),
+        "kv_cache_usage": Number(0, 1, nullable=True, description="Fraction of KV-cache blocks in use (vLLM's "
+                                 "vllm:kv_cache_usage_perc); null clears it."),
+        **{
+            name: Custom(
+                lambda value, name=name: None if value is None else validate_adapter_names(f"node_info.{name}", value),
+                {"type": ["array", "null"], "maxItems": MAX_ADAPTERS,
+                 "items": {"type": "string", "minLength": 1, "maxLength": MAX_ADAPTER_NAME}},
+                "names may not hold control characters; duplicates are dropped",
+                f"LoRA adapters of the requests vLLM {verb} now (vllm:lora_requests_info); null clears it.",
+            )
+            for name, verb in (("running_lora_adapters", "runs"), ("waiting_lora_adapters", "queues"))
+        },
+    },
+    description="The node's load; an update merges it field by field.",
+    type_error="must be an object",
+)
 
+# Every field a client may send to register a node (an update: all but node_id).
+NODE_FIELDS = Fields(
+    {
+        "node_id": NODE_ID,
+        "node_type": Text(NODE_TYPE_CHARS, "must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                          description="master, worker, ..."),
+        "node_address": NODE_ADDRESS,
+        "node_port": Integer(1, 65535, "The vLLM server's port."),
+        "node_status": NODE_STATUS,
+        "node_info": NODE_INFO,
+        "remark": Text(max_length=MAX_REMARK, description="Free text."),
+        "timeout": Integer(1, MAX_TIMEOUT, "Seconds after the last heartbeat at which the node counts as offline."),
+        "models": Items(
+            Text("[^\\x00-\\x1f]*", "names may not hold control characters", min_length=1,
+                 max_length=MAX_MODEL_NAME, type_error=_MODEL_NAME_ERROR, short_error=_MODEL_NAME_ERROR,
+                 long_error=_MODEL_NAME_ERROR),
+            MAX_MODELS,
+            "Models the node serves; [] serves any. Duplicates are dropped.",
+            type_error="must be a list of model names",
+            count_error=f"must hold at most {MAX_MODELS} names",
+        ),
+        "adapters": Custom(
+            validate_adapters,
+            {"type": "array", "maxItems": MAX_ADAPTERS, "items": {
+                "type": "object", "required": ["id", "parent"], "additionalProperties": False,
+                "properties": {"id": {"type": "string", "minLength": 1, "maxLength": MAX_ADAPTER_NAME},
+                               "parent": {"type": "string", "minLength": 1, "maxLength": MAX_ADAPTER_NAME},
+                               "root": {"type": "string", "maxLength": MAX_ADAPTER_ROOT}}}},
+            "names may not hold control characters; a repeated id keeps its first entry",
+            "LoRA adapters the node serves, as vLLM's /v1/models lists them (parent: the base model).",
+        ),
+    },
+    description="A node's fields; every one is optional, with the seed's defaults.",
+)
+NODE_UPDATE_FIELDS = NODE_FIELDS.without("node_id")
 
-def _remark_field(value: Any) -> str:
-    text = _str_field("remark", value)
-    if len(text) > MAX_REMARK:
-        raise ValidationError("remark", f"must be at most {MAX_REMARK} characters")
-    return text
+# Query parameters of the node reads: a misspelt filter (?stauts=online) is
+# refused, not ignored into a list of every node.
+_MODEL_FILTER = Text(description="Only nodes serving this model (a node listing no models serves any).")
+NODE_FILTERS = Fields(
+    {"status": NODE_STATUS, "model": _MODEL_FILTER, "type": Text(description="Only nodes of this node_type.")},
+    unknown_error="unknown query parameter",
+)
+SELECT_QUERY = Fields({"model": _MODEL_FILTER}, unknown_error="unknown query parameter")
 
 
 @dataclass
@@ -138,30 +171,23 @@ class NodeInfo:
     `running`, `waiting` and `kv_cache` are the seed's fields. `kv_cache_usage`
     is optional: the fraction (0-1) of KV-cache blocks in use, as vLLM's
     `vllm:kv_cache_usage_perc` reports it; the balancer prefers it to `kv_cache`,
-    whose unit the seed leaves open.
+    whose unit the seed leaves open. `running_lora_adapters` and
+    `waiting_lora_adapters` are optional too: the LoRA adapters of the requests
+    vLLM runs and queues now (`vllm:lora_requests_info`), which the balancer
+    prefers for a request naming one of them.
     """
 
     running: int = 0
     waiting: int = 0
     kv_cache: int = 0
     kv_cache_usage: float | None = None
+    running_lora_adapters: list[str] | None = None
+    waiting_lora_adapters: list[str] | None = None
 
     @staticmethod
     def validate(payload: Any, prefix: str = "node_info") -> dict[str, Any]:
         """The fields present in `payload`, checked; unknown fields are rejected."""
-        if not isinstance(payload, dict):
-            raise ValidationError(prefix, "must be an object")
-        known = {f.name for f in fields(NodeInfo)}
-        clean: dict[str, Any] = {}
-        for key, value in payload.items():
-            name = f"{prefix}.{key}"
-            if key not in known:
-                raise ValidationError(name, "unknown field")
-            if key == "kv_cache_usage":
-                clean[key] = None if value is None else _fraction_field(name, value)
-            else:
-                clean[key] = _int_field(name, value, 0, MAX_COUNT)
-        return clean
+        return NODE_INFO.check(prefix, payload)
 
     def merged(self, changes: dict[str, Any]) -> NodeInfo:
         return NodeInfo(**{**self.to_dict(include_unset=True), **changes})
@@ -174,35 +200,26 @@ class NodeInfo:
         }
         if self.kv_cache_usage is not None or include_unset:
             data["kv_cache_usage"] = self.kv_cache_usage
+        for name in _ADAPTER_LISTS:
+            value = getattr(self, name)
+            if value is not None or include_unset:
+                data[name] = None if value is None else list(value)
         return data
 
+    def adapter_active(self, name: str) -> bool:
+        """The adapter is in the engine's batch or queue now."""
+        return name in (self.running_lora_adapters or ()) or name in (self.waiting_lora_adapters or ())
 
-# Field name -> check, for every field a client may send.
-_CHECKS = {
-    "node_id": validate_node_id,
-    "node_type": lambda v: _pattern_field(
-        "node_type", v, NODE_TYPE_PATTERN, "must be 1-64 characters of A-Z a-z 0-9 . _ -"
-    ),
-    "node_address": _address_field,
-    "node_port": lambda v: _int_field("node_port", v, 1, 65535),
-    "node_status": _status_field,
-    "node_info": NodeInfo.validate,
-    "remark": _remark_field,
-    "timeout": lambda v: _int_field("timeout", v, 1, MAX_TIMEOUT),
-    "models": _models_field,
-}
+
+_ADAPTER_LISTS = ("running_lora_adapters", "waiting_lora_adapters")
 
 
 def validate_changes(payload: Any, *, allow_id: bool) -> dict[str, Any]:
     """Check the fields a client sent; reject unknown ones and a non-object body."""
-    if not isinstance(payload, dict):
-        raise ValidationError("body", "must be a JSON object")
-    clean: dict[str, Any] = {}
-    for key, value in payload.items():
-        check = _CHECKS.get(key)
-        if check is None or (key == "node_id" and not allow_id):
-            raise ValidationError(key, "unknown field")
-        clean[key] = check(value)
+    rules = NODE_FIELDS if allow_id else NODE_UPDATE_FIELDS
+    clean = rules.check(None, payload)
+    if "node_status" in clean:
+        clean["node_status"] = NodeStatus(clean["node_status"])
     return clean
 
 
@@ -219,6 +236,9 @@ class Node:
     remark: str = "doc"
     timeout: int = 60
     models: list[str] = field(default_factory=list)
+    # LoRA adapters the node serves, with the base model each extends (from
+    # vLLM's /v1/models, by the agent or the poller).
+    adapters: list[Adapter] = field(default_factory=list)
     create_time: float = 0.0
     update_time: float = 0.0
     # Set by the balancer's poller when /health fails; cleared only by a good
@@ -261,7 +281,11 @@ class Node:
 
     def serves(self, model: str | None) -> bool:
         """A node that lists no models is taken to serve any model."""
-        return not model or not self.models or model in self.models
+        return not model or not self.models or model in self.models or self.adapter(model) is not None
+
+    def adapter(self, name: str | None) -> Adapter | None:
+        """The node's LoRA adapter of that name, if it has one."""
+        return next((a for a in self.adapters if a.id == name), None) if name else None
 
     # --- conversions ---
 
@@ -281,6 +305,9 @@ class Node:
             "create_time": format_time(self.create_time),
             "update_time": format_time(self.update_time),
         }
+        # Only when there are any, so a node without LoRA reads as the seed's.
+        if self.adapters:
+            data["adapters"] = [a.to_dict() for a in self.adapters]
         if not include_address:
             del data["node_address"], data["node_port"]
         return data
@@ -297,6 +324,7 @@ class Node:
             "remark": self.remark,
             "timeout": str(self.timeout),
             "models": json.dumps(self.models),
+            "adapters": adapters_to_json(self.adapters),
             "create_time": repr(self.create_time),
             "update_time": repr(self.update_time),
             "probe_failing": "1" if self.probe_failing else "0",
@@ -314,6 +342,8 @@ class Node:
                 name = key[5:]
                 if name == "kv_cache_usage":
                     info.kv_cache_usage = float(value)
+                elif name in _ADAPTER_LISTS:
+                    setattr(info, name, _json_list(value))
                 elif name in ("running", "waiting", "kv_cache"):
                     setattr(info, name, int(value))
         try:
@@ -330,6 +360,7 @@ class Node:
             remark=mapping.get("remark", "doc"),
             timeout=int(mapping.get("timeout", 60)),
             models=json.loads(mapping.get("models", "[]")),
+            adapters=adapters_from_json(mapping.get("adapters", "[]")),
             create_time=float(mapping.get("create_time", 0)),
             update_time=float(mapping.get("update_time", 0)),
             probe_failing=mapping.get("probe_failing") == "1",
@@ -355,8 +386,20 @@ class NodeLimits:
 
 
 def info_to_redis(info: dict[str, Any]) -> dict[str, str]:
-    """node_info fields as hash fields; an unset optional field is stored as ''."""
-    return {f"info:{k}": "" if v is None else repr(v) for k, v in info.items()}
+    """node_info fields as hash fields; an unset optional field is stored as '',
+    a list as JSON."""
+    return {
+        f"info:{k}": "" if v is None else json.dumps(v) if isinstance(v, list) else repr(v)
+        for k, v in info.items()
+    }
+
+
+def _json_list(text: str) -> list[str] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None
 
 
 def changes_to_redis(changes: dict[str, Any]) -> dict[str, str]:
@@ -367,6 +410,8 @@ def changes_to_redis(changes: dict[str, Any]) -> dict[str, str]:
             mapping.update(info_to_redis(value))
         elif key == "models":
             mapping[key] = json.dumps(value)
+        elif key == "adapters":
+            mapping[key] = adapters_to_json(value)
         elif isinstance(value, NodeStatus):
             mapping[key] = value.value
         else:

@@ -14,13 +14,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from model.errors import ValidationError
+from model.schema import Choice, Fields, Integer, Text
 
 # A username becomes part of a Redis key: same rule as node ids (dao/keys.py).
-# \Z, not $: $ also matches before a trailing newline.
-USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+USERNAME_CHARS = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+USERNAME_RULE = "must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
+# The longest lifetime nvllm mints (`python main.py token --ttl`, POST
+# /api/user/token, NVLLM_TOKEN_TTL): a token claiming more was not made here.
+MAX_TOKEN_TTL = 10 * 365 * 86400
+DEFAULT_MINTED_TTL = 365 * 86400
 # OWASP's scrypt floor (n=2**17, r=8, p=1): 128 MiB and about 0.4 s of one core
 # per hash. Hashes carry their own parameters, so older ones still verify and
 # are re-hashed at the next login.
@@ -42,25 +46,13 @@ class Role(StrEnum):
 
 
 def validate_username(value: Any) -> str:
-    if not isinstance(value, str) or not USERNAME_PATTERN.match(value):
-        raise ValidationError(
-            "username", "must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
-        )
-    return value
+    return USERNAME.check("username", value)
 
 
 def validate_password(value: Any, *, for_new: bool = True) -> str:
     """A login only needs a password of a sane size; a new one must also pass
     the strength rule (password_problem)."""
-    if not isinstance(value, str) or not value:
-        raise ValidationError("password", "is required")
-    if len(value) > MAX_PASSWORD:
-        raise ValidationError("password", f"must be at most {MAX_PASSWORD} characters")
-    if for_new:
-        problem = password_problem(value)
-        if problem:
-            raise ValidationError("password", problem)
-    return value
+    return (NEW_PASSWORD if for_new else PASSWORD).check("password", value)
 
 
 def password_problem(value: str) -> str | None:
@@ -92,10 +84,46 @@ def common_passwords() -> frozenset[str]:
 
 
 def validate_role(value: Any) -> Role:
-    try:
-        return Role(value)
-    except ValueError:
-        raise ValidationError("role", "must be one of admin, worker, user") from None
+    return Role(ROLE.check("role", value))
+
+
+# --- request rules (model/schema.py): each checks a body and describes it ---
+
+USERNAME = Text(USERNAME_CHARS, USERNAME_RULE, type_error=USERNAME_RULE)
+# What a login accepts: any password of a sane size (old ones may predate the rule).
+PASSWORD = Text(min_length=1, max_length=MAX_PASSWORD, type_error="is required", short_error="is required")
+NEW_PASSWORD = Text(
+    min_length=1,
+    max_length=MAX_PASSWORD,
+    type_error="is required",
+    short_error="is required",
+    extra=password_problem,
+    also=f"A new password needs at least {MIN_PASSWORD} characters, at least 4 different ones, and must not be "
+    "a common password, one repeated, or one followed only by digits and symbols.",
+    schema_extra={"minLength": MIN_PASSWORD},
+)
+ROLE = Choice(tuple(r.value for r in Role), "admin > worker > user: each may do what the roles below it may.")
+LOGIN = Fields({"username": USERNAME, "password": PASSWORD}, required=("username", "password"))
+NEW_USER = Fields(
+    {"username": USERNAME, "password": NEW_PASSWORD, "role": ROLE},
+    required=("username", "password"),
+    description="role defaults to user.",
+)
+USER_CHANGES = Fields(
+    {"password": NEW_PASSWORD, "role": ROLE},
+    description="Either change, or none, revokes the user's tokens.",
+)
+TOKEN_REQUEST = Fields(
+    {
+        "ttl": Integer(
+            60, MAX_TOKEN_TTL, f"The token's lifetime, s (default {DEFAULT_MINTED_TTL}).",
+            type_error=f"must be an integer between 60 and {MAX_TOKEN_TTL}",
+            range_error=f"must be an integer between 60 and {MAX_TOKEN_TTL}",
+        )
+    }
+)
+JTI = Text(r"[A-Za-z0-9_-]{16,64}", "must be 16-64 characters of A-Z a-z 0-9 _ -",
+           type_error="must be 16-64 characters of A-Z a-z 0-9 _ -")
 
 
 def _maxmem(n: int, r: int, p: int) -> int:

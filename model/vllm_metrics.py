@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from model.adapter import LORA_INFO, RUNNING_LABEL, WAITING_LABEL, split_label
+
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 # vLLM's V0 engine parks preempted requests on the CPU; they wait for the GPU
@@ -33,6 +35,10 @@ class Load:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float | None = None
+    # LoRA adapters of the requests running / waiting now (vllm:lora_requests_info);
+    # None when the server exports no such gauge (LoRA off).
+    running_adapters: tuple[str, ...] | None = None
+    waiting_adapters: tuple[str, ...] | None = None
 
     @property
     def busy(self) -> int:
@@ -43,12 +49,16 @@ class Load:
         carries the usage as a whole percent (0-100); `kv_cache_usage` keeps
         the exact 0-1 fraction (None when vLLM reported none)."""
         usage = self.kv_cache_usage
-        return {
+        info: dict = {
             "running": self.running,
             "waiting": self.waiting,
             "kv_cache": 0 if usage is None else round(usage * 100),
             "kv_cache_usage": usage,
         }
+        if self.running_adapters is not None:
+            info["running_lora_adapters"] = list(self.running_adapters)
+            info["waiting_lora_adapters"] = list(self.waiting_adapters or ())
+        return info
 
 
 def parse_load(text: str) -> Load:
@@ -59,27 +69,35 @@ def parse_load(text: str) -> Load:
     `_mean_usage` for why. Raises MetricsError when the page cannot be parsed
     or carries no request counts at all (not a vLLM server, or stats disabled).
     """
-    samples = _collect(text)
+    samples, lora = _collect(text)
     if RUNNING not in samples and WAITING not in samples:
         raise MetricsError(f"no {RUNNING} or {WAITING} in /metrics")
     return Load(
         running=_count(samples.get(RUNNING, [])),
         waiting=_count(samples.get(WAITING, [])) + _count(samples.get(SWAPPED, [])),
         kv_cache_usage=_mean_usage(samples),
+        running_adapters=None if lora is None else tuple(split_label(lora.get(RUNNING_LABEL, ""))),
+        waiting_adapters=None if lora is None else tuple(split_label(lora.get(WAITING_LABEL, ""))),
     )
 
 
-def _collect(text: str) -> dict[str, list[float]]:
-    """The values of the samples we want, by sample name."""
+def _collect(text: str) -> tuple[dict[str, list[float]], dict[str, str] | None]:
+    """The values of the samples we want, by sample name, and the labels of
+    the newest vllm:lora_requests_info series (None when there is none)."""
     found: dict[str, list[float]] = {}
+    lora: dict[str, str] | None = None
+    newest = -math.inf
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name in WANTED and math.isfinite(sample.value):
                     found.setdefault(sample.name, []).append(sample.value)
+                elif sample.name == LORA_INFO and sample.value >= newest:
+                    # Its value is when vLLM last set it: the newest is now.
+                    lora, newest = dict(sample.labels), sample.value
     except ValueError as exc:
         raise MetricsError(f"/metrics is not Prometheus text: {exc}") from None
-    return found
+    return found, lora
 
 
 def _count(values: Iterable[float]) -> int:

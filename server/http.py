@@ -278,6 +278,12 @@ class _ClientSocket:
     def expect_next_request(self) -> None:
         self._deadline = None
 
+    def upgraded(self) -> socket.socket:
+        """The bare socket, for a connection that switched protocols (a
+        WebSocket): its frames may come minutes apart, so no read deadline."""
+        self._deadline = None
+        return self._sock
+
     def recv(self, size: int, *flags: int) -> bytes:
         if self._expired:
             return b""

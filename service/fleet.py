@@ -9,253 +9,33 @@ failures seen while forwarding.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Protocol
 
 from dao.inflight import InflightStore
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
 from model.node import Node
+from service.breaker import Breaker
 from service.netpolicy import NetworkPolicy
+from service.node_state import NodeState
 
 log = logging.getLogger("nvllm.fleet")
 
-DEFAULT_SLOTS = 8  # assumed batch size of a node never seen saturated
-EWMA_WEIGHT = 0.2  # weight of a new per-token time sample
-TTFT_ERROR_HALF_LIFE = 3.0  # seconds: an old surprise fades, so a node it penalized gets traffic again
 LEASE_SECONDS = 10.0  # how long another instance trusts our published counts
 
 
-@dataclass
-class Breaker:
-    """Takes a failing node out of rotation and lets it back in by trial.
+class ReportListener(Protocol):
+    """Who learns from the nodes' reports: the routing policy."""
 
-    closed -> (eject_after consecutive failures) -> open for `cooldown`
-    -> half-open: one trial request, or a good /health probe
-    -> closed on success, open again with a doubled cooldown on failure.
-    """
+    def report(self, node_id: str, running: int, waiting: int, kv_usage: float | None, now: float) -> None: ...
 
-    eject_after: int = 3
-    base_cooldown: float = 1.0
-    max_cooldown: float = 8.0
-    failures: int = 0
-    open_until: float = 0.0
-    cooldown: float = 0.0
-    trial_running: bool = False
-
-    @property
-    def ejected(self) -> bool:
-        return self.failures >= self.eject_after
-
-    def allows(self, now: float) -> bool:
-        if not self.ejected:
-            return True
-        return now >= self.open_until and not self.trial_running
-
-    def success(self) -> bool:
-        """Record a success; True when it brought an ejected node back."""
-        recovered = self.ejected
-        self.failures = 0
-        self.cooldown = 0.0
-        self.trial_running = False
-        return recovered
-
-    def failure(self, now: float) -> bool:
-        """Record a failure; True when it ejected the node (again)."""
-        self.failures += 1
-        self.trial_running = False
-        if self.failures < self.eject_after:
-            return False
-        self.cooldown = min(self.max_cooldown, self.cooldown * 2 or self.base_cooldown)
-        self.open_until = now + self.cooldown
-        return True
-
-
-@dataclass
-class Sent:
-    """One of this instance's requests in flight to a node."""
-
-    sent_at: float
-    out_tokens: int  # max_tokens: it holds its batch slot at most this long
-    first_at: float | None = None  # when its first token came (a whole answer: when sent)
-    tokens: int = 0  # stream events relayed so far, about one per token
-    expected_ttft: float | None = None  # what the load policy expected when it chose the node
-
-    def tokens_left(self, now: float, token_time: float) -> float:
-        if self.tokens:
-            done = float(self.tokens)
-        elif self.first_at is not None:  # a whole answer: assumed generating since sent
-            done = (now - self.first_at) / token_time
-        else:
-            done = 0.0
-        return max(0.0, self.out_tokens - done)
-
-
-MAX_QUEUE_STEPS = 64  # slot releases simulated at most, per estimate
-
-
-@dataclass
-class NodeState:
-    """What this instance knows of one node, beyond its Redis record."""
-
-    node: Node
-    local_inflight: int = 0
-    remote_inflight: int = 0
-    reported_running: int = 0
-    reported_waiting: int = 0
-    # What the node's last report counted beyond the requests the balancers
-    # had in flight to it then: traffic that bypassed nvllm.
-    external: int = 0
-    saturated_at: int = 0
-    prefill_debt: float = 0.0
-    prefill_debt_at: float = 0.0
-    # Send times of this instance's streams to the node still waiting for their
-    # first token: how long they have waited is a floor for the next one's wait.
-    starting: dict[int, float] = field(default_factory=dict)
-    # This instance's requests in flight to the node, by ticket.
-    sent: dict[int, Sent] = field(default_factory=dict)
-    most_running: int = 0
-    kv_usage: float | None = None
-    token_time: float | None = None  # EWMA seconds per streamed token
-    # How much later than expected first tokens came lately (EWMA, seconds;
-    # negative: sooner), and when last measured.
-    ttft_error: float = 0.0
-    ttft_error_at: float = 0.0
-    breaker: Breaker = field(default_factory=Breaker)
-    # False when the node's address is an IP (or name) nvllm may never
-    # connect to: such a node is not routable. Names are checked again, with
-    # DNS, at every connection.
-    address_ok: bool = True
-
-    @property
-    def node_id(self) -> str:
-        return self.node.node_id
-
-    @property
-    def inflight(self) -> int:
-        return self.local_inflight + self.remote_inflight
-
-    @property
-    def load(self) -> int:
-        """Requests the node holds or will hold: its last report plus the
-        requests sent to it since, i.e. the balancers' current in-flight count
-        plus what the report showed beyond the in-flight count of its time.
-        A stale report therefore neither hides new requests (no herd on a node
-        that looked idle) nor keeps counting requests that have finished."""
-        return self.inflight + self.external
-
-    def take_report(self, node: Node) -> None:
-        """A new heartbeat: its load replaces whatever we knew."""
-        self.node = node
-        self._take_counts(node.node_info.running, node.node_info.waiting)
-        if node.node_info.kv_cache_usage is not None:
-            self.kv_usage = node.node_info.kv_cache_usage
-
-    def _take_counts(self, running: int, waiting: int) -> None:
-        self.reported_running = running
-        self.reported_waiting = waiting
-        self.external = max(0, running + waiting - self.inflight)
-        if waiting > 0 and running > 0:
-            self.saturated_at = running  # a queue formed: this is its capacity now
-        self.most_running = max(self.most_running, running)
-
-    @property
-    def slots(self) -> int:
-        """How many requests the node runs at once before queueing: what it ran
-        when a queue last formed; else at least DEFAULT_SLOTS, or the most it
-        was ever seen running."""
-        if self.saturated_at:
-            return self.saturated_at
-        return max(DEFAULT_SLOTS, self.most_running)
-
-    def begin(self, ticket: int, sent: Sent, stream: bool) -> None:
-        """One of our requests is on its way to the node."""
-        self.sent[ticket] = sent
-        if stream:
-            self.starting[ticket] = sent.sent_at
-
-    def first_token(self, ticket: int, now: float) -> Sent | None:
-        """A stream's first token came: it holds a batch slot now, and its wait
-        tells how far off the estimate was."""
-        self.starting.pop(ticket, None)
-        sent = self.sent.get(ticket)
-        if sent is not None:
-            sent.first_at = now
-            if sent.expected_ttft is not None:
-                self.add_first_token(sent.expected_ttft, now - sent.sent_at, now)
-        return sent
-
-    def end(self, ticket: int) -> None:
-        """The request is over, however it ended."""
-        self.starting.pop(ticket, None)
-        self.sent.pop(ticket, None)
-
-    def longest_start_wait(self, now: float) -> float:
-        """Seconds the oldest stream still waiting for its first token has waited."""
-        # Sent in order of time, so the first is the oldest.
-        return now - next(iter(self.starting.values())) if self.starting else 0.0
-
-    def slot_wait(self, now: float, token_time: float, mean_out: float, load: int | None = None) -> float:
-        """Seconds until a batch slot frees for one more request; 0 while one
-        is free. A request holds its slot until its last token: ours for their
-        max_tokens less what was streamed (an upper bound: an answer may stop
-        early); the others (other instances', other clients') are somewhere in
-        an average answer, spread evenly. Requests queued ahead take the
-        first slots to free, then hold them for an average answer each (the
-        slot releases simulated when at most MAX_QUEUE_STEPS are queued, the
-        average rate beyond). `load` replaces the node's load (to count
-        requests that are not in flight yet)."""
-        load = self.load if load is None else load
-        if load < self.slots:
-            return 0.0
-        # More of ours running than the slot count allows: it is stale, and
-        # nothing says the node is full, so one more fits too.
-        running = len(self.sent) - len(self.starting)
-        slots = running + 1 if running > self.slots else self.slots
-        ahead = load + 1 - slots
-        if ahead <= 0:
-            return 0.0
-        if ahead > MAX_QUEUE_STEPS:  # a long queue: which slot frees first hardly matters
-            return ahead * mean_out * token_time / slots
-        started = [r.tokens_left(now, token_time) * token_time for r in self.sent.values() if r.first_at is not None]
-        unknown = slots - len(started)  # spread evenly over an average answer
-        releases = started + [mean_out * token_time * (i + 1) / (unknown + 1) for i in range(unknown)]
-        heapq.heapify(releases)
-        for _ in range(ahead - 1):
-            heapq.heapreplace(releases, releases[0] + mean_out * token_time)
-        return releases[0]
-
-    def prefill_backlog(self, now: float) -> float:
-        """Seconds of prompt processing this instance has sent the node that it
-        has not worked through yet, assuming it works through one second per
-        second."""
-        return max(0.0, self.prefill_debt - (now - self.prefill_debt_at))
-
-    def add_prefill(self, seconds: float, now: float) -> None:
-        self.prefill_debt = self.prefill_backlog(now) + seconds
-        self.prefill_debt_at = now
-
-    def first_token_late(self, now: float) -> float:
-        """The recent error of the first-token estimate, fading with its age."""
-        if not self.ttft_error:
-            return 0.0
-        return self.ttft_error * 0.5 ** ((now - self.ttft_error_at) / TTFT_ERROR_HALF_LIFE)
-
-    def add_first_token(self, expected: float, seen: float, now: float) -> None:
-        self.ttft_error = self.first_token_late(now) + EWMA_WEIGHT * (seen - expected - self.first_token_late(now))
-        self.ttft_error_at = now
-
-    def add_token_time(self, seconds: float) -> None:
-        if self.token_time is None:
-            self.token_time = seconds
-        else:
-            self.token_time += EWMA_WEIGHT * (seconds - self.token_time)
+    def forget(self, node_id: str) -> None: ...
 
 
 class Fleet:
@@ -269,6 +49,7 @@ class Fleet:
         clock: Callable[[], float] = time.time,
         health_check: Callable[[Node], bool] | None = None,
         netpolicy: NetworkPolicy | None = None,
+        listener: ReportListener | None = None,
     ) -> None:
         self.instance_id = uuid.uuid4().hex[:12]
         self._nodes = nodes
@@ -288,6 +69,7 @@ class Fleet:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._backoff = refresh_interval
+        self.listener = listener
 
     # --- reading the view ---
 
@@ -363,11 +145,18 @@ class Fleet:
         alone cannot tell our requests from others', so it updates the counts
         only when running comes with it."""
         if waiting is not None and running is not None:
-            state._take_counts(running, waiting)
+            state.take_counts(running, waiting)
         elif waiting is not None:
             state.reported_waiting = waiting
         if kv_usage is not None:
             state.kv_usage = kv_usage
+        if waiting is not None and running is not None:
+            self._tell(state)
+
+    def _tell(self, state: NodeState) -> None:
+        if self.listener is not None:
+            self.listener.report(state.node_id, state.reported_running, state.reported_waiting, state.kv_usage,
+                                 time.monotonic())
 
     # --- refreshing from Redis ---
 
@@ -415,6 +204,7 @@ class Fleet:
                 continue
             for node_id, n in counts.items():
                 remote[node_id] = remote.get(node_id, 0) + n
+        reported: list[NodeState] = []
         with self._lock:
             fresh: dict[str, NodeState] = {}
             for node in nodes:
@@ -424,11 +214,11 @@ class Fleet:
                     address_ok = self.netpolicy.allows_literal(node)
                 else:
                     address_ok = state.address_ok
-                if state is None:
-                    state = NodeState(node, breaker=Breaker(eject_after=self._eject_after))
+                if state is None or node.update_time != state.node.update_time:
+                    if state is None:
+                        state = NodeState(node, breaker=Breaker(eject_after=self._eject_after))
                     state.take_report(node)
-                elif node.update_time != state.node.update_time:
-                    state.take_report(node)
+                    reported.append(state)
                 else:
                     state.node = node
                 state.remote_inflight = remote.get(node.node_id, 0)
@@ -439,8 +229,14 @@ class Fleet:
             for node_id, state in self._states.items():
                 if node_id not in fresh and state.local_inflight:
                     fresh[node_id] = state
+            gone = [node_id for node_id in self._states if node_id not in fresh]
             self._states = fresh
             self._refreshed_at = now
+        for state in reported:
+            self._tell(state)
+        if self.listener is not None:
+            for node_id in gone:
+                self.listener.forget(node_id)
 
     def probe_ejected(self) -> None:
         """Ask each ejected node's /health; a good answer allows a trial request

@@ -7,7 +7,7 @@ from typing import Any
 from dao.inflight import InflightStore
 from dao.node import UNLIMITED, NodeStore
 from model.errors import AddressNotAllowed, NodeNotFound, ValidationError
-from model.node import Actor, Node, NodeLimits, NodeStatus, validate_changes, validate_node_id
+from model.node import NODE_STATUS, Actor, Node, NodeLimits, NodeStatus, validate_changes, validate_node_id
 from service.netpolicy import AddressRefused, AddressUnresolved, NetworkPolicy
 
 
@@ -142,10 +142,7 @@ def list_nodes(
 def _status_filter(status: str | None) -> NodeStatus | None:
     if status is None:
         return None
-    try:
-        return NodeStatus(status)
-    except ValueError:
-        raise ValidationError("status", "must be one of online, offline, draining") from None
+    return NodeStatus(NODE_STATUS.check("status", status))
 
 
 def _retention_over(node: Node, now: float, retention: float) -> bool:

@@ -1,6 +1,6 @@
-"""Polling nodes that have no agent: /health and /metrics, about once per
-interval per node however many nvllm instances run (a Redis lock per node
-decides which instance polls it)."""
+"""Polling nodes that have no agent: /health, /metrics and /v1/models (for
+the node's LoRA adapters), about once per interval per node however many nvllm
+instances run (a Redis lock per node decides which instance polls it)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import urllib3
 
 from dao.node import NodeStore
+from model.adapter import parse_model_list
 from model.errors import StorageUnavailable
 from model.node import Node
 from model.vllm_metrics import MetricsError, parse_load
@@ -43,8 +44,10 @@ class Prober:
         http: urllib3.PoolManager | None = None,
         clock: Callable[[], float] = time.time,
         netpolicy: NetworkPolicy | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.owner = uuid.uuid4().hex[:12]
+        self._api_key = api_key
         self._nodes = nodes
         self._interval = interval
         self._http = http or urllib3.PoolManager(maxsize=PARALLEL_PROBES)
@@ -71,10 +74,15 @@ class Prober:
     def probe(self, node: Node) -> bool:
         """One poll. Success is a heartbeat carrying the node's load; failure
         marks it not routable without touching its liveness."""
+        v1_headers: dict[str, str] = {}
         try:
             # Checked before every poll, not only at registration: a name can
             # resolve elsewhere by now. A refused address is a failed poll.
-            url = self._netpolicy.target(node).base_url
+            target = self._netpolicy.target(node)
+            url = target.base_url
+            # vLLM's --api-key guards /v1/* only; the key goes where the proxy sends it.
+            if self._api_key and self._netpolicy.sends_key(target.ip):
+                v1_headers["Authorization"] = f"Bearer {self._api_key}"
         except AddressRefused as exc:
             url = None
             if node.node_id not in self._failing:
@@ -90,7 +98,10 @@ class Prober:
                     except MetricsError:
                         load = None
             if healthy:
-                changes = {"node_info": load.to_node_info()} if load else {}
+                changes: dict = {"node_info": load.to_node_info()} if load else {}
+                adapters = self._adapters(url, v1_headers)
+                if adapters is not None and adapters != node.adapters:
+                    changes["adapters"] = adapters
                 self._nodes.update(node.node_id, changes, self._clock(), fields={"probe_failing": "0"})
             else:
                 self._nodes.flag(node.node_id, {"probe_failing": "1"})
@@ -99,8 +110,20 @@ class Prober:
         self._log_change(node.node_id, healthy)
         return healthy
 
-    def _get(self, url: str) -> tuple[int, str]:
-        return bounded_get(url, min(self._interval or PROBE_DEADLINE, PROBE_DEADLINE))
+    def _get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        return bounded_get(url, min(self._interval or PROBE_DEADLINE, PROBE_DEADLINE), headers)
+
+    def _adapters(self, url: str, headers: dict[str, str]) -> list | None:
+        """The node's LoRA adapters from /v1/models; None when it cannot say
+        (the last known list is kept). The poller leaves `models` to whoever
+        registered the node: an operator may list fewer than vLLM serves."""
+        status, text = self._get(url + "/v1/models", headers)
+        if status != 200:
+            return None
+        try:
+            return parse_model_list(text)[1]
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def _log_change(self, node_id: str, healthy: bool) -> None:
         if healthy and node_id in self._failing:
@@ -127,7 +150,7 @@ class Prober:
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
 
 
-def bounded_get(url: str, seconds: float) -> tuple[int, str]:
+def bounded_get(url: str, seconds: float, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """(status, body) of a GET, or (0, "") when the node does not give a
     whole answer of at most MAX_ANSWER bytes within `seconds`. Read by hand,
     with each read's timeout the time left, because a node that trickles
@@ -136,8 +159,9 @@ def bounded_get(url: str, seconds: float) -> tuple[int, str]:
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         return 0, ""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     request = (f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-               "Accept: text/plain\r\nUser-Agent: nvllm-probe\r\nConnection: close\r\n\r\n")
+               f"Accept: text/plain\r\nUser-Agent: nvllm-probe\r\n{extra}Connection: close\r\n\r\n")
     try:
         with socket.create_connection((parts.hostname, parts.port or 80), timeout=min(PROBE_TIMEOUT, seconds)) as sock:
             sock.sendall(request.encode("ascii"))

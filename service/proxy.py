@@ -16,8 +16,10 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
-from service.balancer import Decision, Policy, RouteRequest
-from service.fleet import Fleet, NodeState, Sent
+from service.adapters import candidates as model_candidates
+from service.fleet import Fleet
+from service.node_state import NodeState
+from service.routing import Decision, Policy, RouteRequest
 
 log = logging.getLogger("nvllm.proxy")
 
@@ -158,6 +160,7 @@ class Proxy:
         *,
         http: urllib3.PoolManager | None = None,
         on_done: Callable[[dict], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -165,6 +168,7 @@ class Proxy:
         self.http = http or urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
         self._tickets = itertools.count()
         self._on_done = on_done
+        self.clock = clock  # the times every routing event carries
 
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """The node the policy picks now. Raises NoRoutableNode."""
@@ -175,10 +179,12 @@ class Proxy:
             candidates = self._candidates(request, exclude)
         if not candidates:
             raise NoRoutableNode(request.model)
-        return self.policy.choose(candidates, request)
+        return self.policy.choose(candidates, request, self.clock())
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
-        return [s for s in self.fleet.routable() if s.node.serves(request.model) and s.node_id not in exclude]
+        routable = [s for s in self.fleet.routable() if s.node_id not in exclude]
+        # A LoRA adapter's name narrows the candidates to the nodes holding it.
+        return model_candidates(request.model, routable, self.fleet.known())
 
     def forward(
         self,
@@ -207,15 +213,13 @@ class Proxy:
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
-            sent_at = time.monotonic()
-            state.begin(ticket, Sent(sent_at, request.out_tokens, first_at=None if stream else sent_at,
-                                     expected_ttft=request.ttft), stream)
+            policy = self.policy
+            policy.sent(ticket, decision, request, stream=stream, now=self.clock())
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
-                state.end(ticket)
-                self.fleet.release(state)
+                self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
                 self._report(state, 0, f"failed:{type(exc).__name__}", started, request.model)
@@ -232,13 +236,12 @@ class Proxy:
             ):
                 response.drain_conn()
                 response.release_conn()
-                state.end(ticket)
-                self.fleet.release(state)
+                self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
                 self._report(state, response.status, f"retried:{response.status}", started, request.model)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
-            self.policy.routed(state, request)
+            policy.answered(ticket, self.clock())
             self._read_load(state, response)
             return Forwarded(
                 status=response.status,
@@ -301,29 +304,28 @@ class Proxy:
         generator is closed) close the upstream connection so the node frees
         the slot."""
         complete = False
-        sent = None
-        events = mark_events = 0
-        mark_at = last_at = 0.0
+        events = 0
         outcome = "ok"
+        policy, clock = self.policy, self.clock
         tail = b""  # the answer's last bytes: where its usage is
         # A chat stream opens with an event that carries the role, no token.
         role = stream and b'"role"' in first.split(b"\n\n", 1)[0]
-        first_at = 0.0
+        token_at = 0.0  # when the first token came (perf_counter, as `started`)
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
                 if stream:
-                    # Per-token time is measured from the second event on: the
-                    # first (the role, or the first token) waits for the prefill.
-                    last_at = time.perf_counter()
-                    first_at = first_at or last_at
+                    # The first event carries the role (or the first token);
+                    # from the second on, about one token each.
                     seen = chunk.count(b"data:")
-                    if events < 2 <= events + seen:  # the first token is here
-                        mark_at, mark_events = last_at, events + seen
-                        sent = state.first_token(ticket, time.monotonic())
-                    events += seen
-                    if sent:
-                        sent.tokens = events - 1  # the role event carries no token
+                    if seen:
+                        now = clock()
+                        before, events = events, events + seen
+                        policy.progress(ticket, events - 1, now)
+                        if before < 2 <= events:
+                            policy.first_token(ticket, now)
+                        if not token_at and events > role:
+                            token_at = time.perf_counter()
                 tail = (tail + chunk)[-USAGE_TAIL:]
                 yield chunk
                 chunk = response.read1(65536)
@@ -340,18 +342,22 @@ class Proxy:
             log.warning("node %s failed mid-answer: %s", state.node_id, type(exc).__name__)
             raise BodyCut() from None
         finally:
-            state.end(ticket)
+            policy.done(ticket, clock())
             if complete:
                 response.release_conn()
             else:
                 _discard(response)
             self.fleet.release(state)
-            if events - mark_events >= 3:
-                state.add_token_time((last_at - mark_at) / (events - mark_events))
-            token_at = mark_at if role else first_at
             self._report(state, response.status, outcome, started, model,
                          ttft=token_at - started if token_at else None,
                          output_tokens=output_tokens(tail, events - role if stream else None))
+
+    def _abandon(self, ticket: int, state: NodeState) -> None:
+        """An attempt given up before the client saw any of it."""
+        now = self.clock()
+        self.policy.failed(ticket, now)
+        self.policy.done(ticket, now)
+        self.fleet.release(state)
 
     def _report(self, state: NodeState, status: int, outcome: str, started: float, model: str | None,
                 *, ttft: float | None = None, output_tokens: int = 0) -> None:

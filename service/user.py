@@ -11,16 +11,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from dao.user import UserStore
-from model.errors import Conflict, TooManyRequests, Unauthorized, UserNotFound, ValidationError
+from model.errors import Conflict, TooManyRequests, Unauthorized, UserNotFound
 from model.user import (
     HASH_N,
+    LOGIN,
+    NEW_USER,
+    USER_CHANGES,
     Role,
     User,
     hash_password,
     needs_rehash,
     password_problem,
-    validate_password,
-    validate_role,
     validate_username,
     verify_password,
 )
@@ -129,13 +130,8 @@ def login(
     address alone, must wait: each attempt is counted before its password is
     checked, so concurrent guesses cannot outrun the limit; past the free
     attempts the waits double from 1 s up to `window`."""
-    if not isinstance(payload, dict):
-        raise ValidationError("body", "must be a JSON object")
-    unknown = set(payload) - {"username", "password"}
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    username = validate_username(payload.get("username"))
-    password = validate_password(payload.get("password"), for_new=False)
+    clean = LOGIN.check(None, payload)
+    username, password = clean["username"], clean["password"]
     addr = counted_address(client_addr)
 
     wait = store.count_failure(
@@ -157,14 +153,9 @@ def login(
 
 def create_user(store: UserStore, payload: Any, *, now: float, hash_n: int) -> User:
     """Raises Conflict when the name is taken."""
-    if not isinstance(payload, dict):
-        raise ValidationError("body", "must be a JSON object")
-    unknown = set(payload) - {"username", "password", "role"}
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    username = validate_username(payload.get("username"))
-    password = validate_password(payload.get("password"))
-    role = validate_role(payload.get("role", "user"))
+    clean = NEW_USER.check(None, payload)
+    username, password = clean["username"], clean["password"]
+    role = Role(clean.get("role", Role.USER))
     user = _new_user(username, role, password, now=now, hash_n=hash_n)
     if not store.create(user):
         raise Conflict(f"user {username!r} already exists")
@@ -176,16 +167,9 @@ def update_user(store: UserStore, username: str, payload: Any, *, hash_n: int) -
     user's tokens. Atomic in Redis: raises UserNotFound (also when the user was
     deleted meanwhile), or Conflict for the last admin's demotion."""
     validate_username(username)
-    if not isinstance(payload, dict):
-        raise ValidationError("body", "must be a JSON object")
-    unknown = set(payload) - {"password", "role"}
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    role = validate_role(payload["role"]) if "role" in payload else None
-    digest = None
-    if "password" in payload:
-        digest = _hash(validate_password(payload["password"]), hash_n)
-    user = store.update(username, role=role.value if role else None, password_hash=digest)
+    clean = USER_CHANGES.check(None, payload)
+    digest = _hash(clean["password"], hash_n) if "password" in clean else None
+    user = store.update(username, role=clean.get("role"), password_hash=digest)
     if user is None:
         raise UserNotFound(username)
     return user

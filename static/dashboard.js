@@ -223,7 +223,8 @@ function fillNodeRow(tr, node, admin) {
     [problems.length ? problems.join(", ") : "ok", problems.length ? "text no" : "text yes"],
     [seconds(st.ttft_p50)], [seconds(st.ttft_p99)], [num(st.tokens_per_s)], [num(st.requests_per_s, 2)],
     [num(st.errors_per_s, 2), st.errors_per_s > 0 ? "no" : ""],
-    [node.models.length ? node.models.join(", ") : "any", "models"],
+    [(node.models.length ? node.models.join(", ") : "any")
+      + (node.adapters && node.adapters.length ? "; LoRA: " + node.adapters.map((a) => a.id).join(", ") : ""), "models"],
     [address, "text addr"],
   ];
   tr.className = node.alive ? "" : "dead";

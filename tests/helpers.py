@@ -45,7 +45,7 @@ def error_text(response, code: int) -> str:
 
 # Routes anyone may call. Every other route must refuse a request with no token.
 PUBLIC_PATHS = {"/api/user/login", "/healthz", "/readyz", "/metrics", "/openapi.json", "/"}
-PUBLIC_PREFIXES = ("/static", "/dashboard")
+PUBLIC_PREFIXES = ("/static", "/dashboard", "/docs")
 
 
 def app_routes() -> list[tuple[str, str]]:

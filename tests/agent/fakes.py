@@ -9,6 +9,7 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.nvllm import NodeGone, Rejected, Unreachable
 from agent.vllm import VllmError
+from model.adapter import Adapter
 from model.vllm_metrics import Load
 
 
@@ -78,6 +79,7 @@ class FakeVllm:
     def __init__(self, models: list[str] | None = None, load: Load | None = None) -> None:
         self.problem: str | None = None
         self.models_list = ["fake-model"] if models is None else models
+        self.adapters_list: list[Adapter] = []
         self.current = load or Load(running=2, waiting=1, kv_cache_usage=0.25)
         self.metrics_problem: str | None = None
         self.models_problem: str | None = None
@@ -90,6 +92,9 @@ class FakeVllm:
         if self.models_problem or self.problem:
             raise VllmError(self.models_problem or self.problem)
         return list(self.models_list)
+
+    def catalog(self) -> tuple[list[str], list[Adapter]]:
+        return self.models(), list(self.adapters_list)
 
     def load(self) -> Load:
         if self.metrics_problem or self.problem:

@@ -14,6 +14,7 @@ import pytest
 
 from agent.nvllm import NodeGone, NvllmClient, Rejected, Unreachable
 from agent.vllm import VllmClient, VllmError
+from model.adapter import Adapter
 from model.vllm_metrics import Load
 
 FIXTURES = Path(__file__).parents[1] / "model" / "fixtures"  # vLLM /metrics samples, shared with the parser tests
@@ -181,7 +182,9 @@ def test_vllm_health_models_and_load(stub):
                                         (FIXTURES / "vllm_current.txt").read_bytes())
     client = VllmClient(stub.url, timeout=1.0)
     assert client.health_problem() is None
-    assert client.models() == ["Qwen/Qwen2.5-7B-Instruct", "my-lora"]
+    # A card with a parent is a LoRA adapter, reported apart from the base models.
+    assert client.models() == ["Qwen/Qwen2.5-7B-Instruct"]
+    assert client.catalog() == (["Qwen/Qwen2.5-7B-Instruct"], [Adapter("my-lora", "Qwen/Qwen2.5-7B-Instruct")])
     assert client.load() == Load(running=3, waiting=2, kv_cache_usage=0.4375)
 
 

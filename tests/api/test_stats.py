@@ -3,6 +3,9 @@ the user role and above, without addresses for users."""
 
 from __future__ import annotations
 
+import jsonschema_rs
+
+from api.openapi import FLEET_STATS, envelope
 from dao.stats import BUCKET_SECONDS
 from tests.helpers import SEED_REGISTER, error_text, ok_data
 
@@ -23,7 +26,9 @@ def test_reports_reach_the_route_through_the_proxy_hook(app, client, auth_header
     app.extensions["nvllm.stats"].flush()
     clock.advance(BUCKET_SECONDS)
 
-    data = ok_data(client.get(URL, headers=auth_headers("user")))
+    answer = client.get(URL, headers=auth_headers("user"))
+    jsonschema_rs.validate(envelope(FLEET_STATS), answer.get_json())  # as /openapi.json describes it
+    data = ok_data(answer)
     assert list(data) == ["window", "totals", "nodes", "models", "series"]
     (row,) = data["nodes"]
     assert row["node_id"] == "node-001" and row["alive"] and row["routable"]
@@ -34,7 +39,9 @@ def test_reports_reach_the_route_through_the_proxy_hook(app, client, auth_header
     assert model["model"] == "meta-llama/Llama-3.1-8B-Instruct" and model["stats"]["requests_1m"] == 4
     assert data["totals"]["stats"]["requests_1m"] == 4
 
-    admin_row = ok_data(client.get(URL, headers=auth_headers("admin")))["nodes"][0]
+    admin = client.get(URL, headers=auth_headers("admin"))
+    jsonschema_rs.validate(envelope(FLEET_STATS), admin.get_json())
+    admin_row = ok_data(admin)["nodes"][0]
     assert admin_row["node_address"] == "192.168.1.100" and admin_row["node_port"] == 8000
 
 

@@ -74,6 +74,7 @@ BODIES = {
     ("PUT", "/api/user/update/ops-1"): {"role": "worker"},
     ("POST", "/api/node/node/register"): {"node_id": "node-001", "node_status": "online", "models": ["m"]},
     ("PUT", "/api/node/node/update/node-001"): {"node_info": {"running": 1}},
+    ("POST", "/api/alias/set"): {"alias": "node-001", "model": "m"},
 }
 # The proxy would try to reach the node over the network; its own tests cover it.
 ROUTES = [

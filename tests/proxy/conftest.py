@@ -56,6 +56,10 @@ class Live:
     def fleet(self) -> Fleet:
         return self.app.extensions["nvllm.proxy"].fleet
 
+    def learned(self, node_id: str):
+        """What the load policy has learned of the node (a NodeLoad)."""
+        return self.app.extensions["nvllm.proxy"].policy.model.node(node_id)
+
     def sdk(self, token: str | None = None, **options: Any) -> openai.OpenAI:
         options.setdefault("timeout", 10.0)
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=token or self.token, max_retries=0, **options)

@@ -95,6 +95,18 @@ def test_load_policy_keeps_a_shared_prefix_on_one_node(pair):
     assert len(set(nodes)) == 1
 
 
+def test_load_policy_keeps_a_named_session_on_one_node(pair):
+    client = pair.sdk()
+    for hint in ({"extra_headers": {"X-Session-ID": "chat-7"}}, {"user": "alice"},
+                 {"extra_body": {"prompt_cache_key": "doc-42"}}):
+        nodes = {
+            client.completions.with_raw_response.create(
+                model="fake-model", prompt=f"turn {i}", max_tokens=1, **hint).headers["X-NVLLM-Node"]
+            for i in range(6)
+        }
+        assert len(nodes) == 1, hint
+
+
 def test_load_policy_avoids_a_node_reporting_a_queue(nvllm, start_fake):
     nvllm.register("queued", start_fake().port, node_info=NodeInfo(running=8, waiting=20))
     nvllm.register("idle", start_fake().port)

@@ -97,14 +97,14 @@ def test_two_streams_at_once_are_both_relayed(nvllm, slow_node):
     first = nvllm.open_stream({"max_tokens": 10})
     second = nvllm.open_stream({"max_tokens": 10})
     assert nvllm.inflight("slow") == 2
-    sent = list(nvllm.fleet.get("slow").sent.values())  # what routing knows of them
+    sent = list(nvllm.learned("slow").flights.values())  # what routing knows of them
     assert [r.out_tokens for r in sent] == [10, 10]
     for held in (first, second):
         assert held.read().endswith(b"data: [DONE]\n\n")
         held.release_conn()
     assert nvllm.inflight("slow") == 0
-    assert nvllm.fleet.get("slow").sent == {} and nvllm.fleet.get("slow").starting == {}
-    assert nvllm.fleet.get("slow").ttft_error_at > 0  # their first tokens were held against the estimate
+    assert nvllm.learned("slow").flights == {} and nvllm.learned("slow").starting == {}
+    assert nvllm.learned("slow").ttft_error_at > 0  # their first tokens were held against the estimate
     assert slow_node.stats()["completed"] == 2
 
 
@@ -128,7 +128,7 @@ def test_many_streams_some_abandoned_leave_no_count_behind(nvllm, start_fake):
         answers = list(pool.map(one, range(12)))
     assert all(a.endswith(b"data: [DONE]\n\n") for a in answers[0::2])
     wait_for(lambda: nvllm.inflight("a") == nvllm.inflight("b") == 0, 2, "every count to be released")
-    assert all(not nvllm.fleet.get(n).sent and not nvllm.fleet.get(n).starting for n in "ab")
+    assert all(not nvllm.learned(n).flights and not nvllm.learned(n).starting for n in "ab")
     wait_for(lambda: sum(f.stats()["cancelled"] for f in fakes) == 6, 2, "every abandoned stream to be cancelled")
     assert sum(f.stats()["completed"] for f in fakes) == 6
     assert all(f.stats()["in_flight"] == 0 for f in fakes)

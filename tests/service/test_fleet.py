@@ -9,7 +9,9 @@ from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
 from model.node import Node, NodeInfo, NodeStatus
-from service.fleet import LEASE_SECONDS, Breaker, Fleet, NodeState
+from service.breaker import Breaker
+from service.fleet import LEASE_SECONDS, Fleet
+from service.node_state import NodeState
 
 # --- the breaker ---
 
@@ -69,7 +71,7 @@ def node(node_id: str = "n1", *, now: float, **fields) -> Node:
     return Node(node_id, node_address="127.0.0.1", node_port=8000, create_time=now, update_time=now, **fields)
 
 
-def test_node_state_load_and_token_time(clock):
+def test_node_state_load(clock):
     s = NodeState(node(now=clock(), node_info=NodeInfo(running=2, waiting=3)))
     s.take_report(s.node)
     assert s.load == 5
@@ -78,9 +80,6 @@ def test_node_state_load_and_token_time(clock):
     assert s.inflight == 7 and s.load == 12
     s.take_report(s.node)  # the next report counts them all: nothing beyond
     assert s.load == 7
-    s.add_token_time(0.10)
-    s.add_token_time(0.20)
-    assert s.token_time == pytest.approx(0.12)
 
 
 # --- the fleet against fake Redis ---
@@ -304,15 +303,16 @@ def test_close_withdraws_this_instances_counts(node_store, make_fleet, redis, cl
 
 
 def test_a_node_registered_a_moment_ago_is_routable_without_waiting(node_store, make_fleet, clock):
-    from service.balancer import LoadPolicy, RouteRequest
     from service.proxy import Proxy, UpstreamConfig
+    from service.routing import RouteRequest
+    from service.routing.load import LoadPolicy
 
     fleet = make_fleet()
     fleet.refresh()
     proxy = Proxy(fleet, LoadPolicy(), UpstreamConfig())
     clock.advance(0.2)
     node_store.save(node(now=clock()))
-    assert proxy.select(RouteRequest()).state.node_id == "n1"
+    assert proxy.select(RouteRequest()).node_id == "n1"
 
 
 def test_a_refresh_sees_every_kind_of_node_write(make_fleet, node_store, clock):
@@ -338,3 +338,29 @@ def test_a_refresh_sees_every_kind_of_node_write(make_fleet, node_store, clock):
     node_store.delete("n1")
     fleet.refresh()
     assert fleet.known() == []
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.reports: list[tuple] = []
+        self.forgotten: list[str] = []
+
+    def report(self, node_id, running, waiting, kv_usage, now) -> None:
+        self.reports.append((node_id, running, waiting, kv_usage))
+
+    def forget(self, node_id) -> None:
+        self.forgotten.append(node_id)
+
+
+def test_the_fleet_tells_routing_each_new_report_and_each_node_gone(make_fleet, node_store, clock):
+    listener = Listener()
+    fleet = make_fleet(listener=listener)
+    node_store.save(node(now=clock(), node_info=NodeInfo(running=3, waiting=1, kv_cache_usage=0.5)))
+    fleet.refresh()
+    fleet.refresh()  # the same report again: nothing new to tell
+    assert listener.reports == [("n1", 3, 1, 0.5)]
+    fleet.record_inband_load(fleet.get("n1"), waiting=0, running=5, kv_usage=0.4)
+    assert listener.reports[-1] == ("n1", 5, 0, 0.4)
+    node_store.delete("n1")
+    fleet.refresh()
+    assert listener.forgotten == ["n1"]

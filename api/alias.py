@@ -1,0 +1,36 @@
+"""Model alias routes (admin): a client-facing name for a served model."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+
+from api import json_body, ok
+from middleware.auth import require_role
+from service import alias as aliases
+from service.alias import AliasBook
+
+bp = Blueprint("alias", __name__, url_prefix="/api/alias")
+
+
+def _book() -> AliasBook:
+    return current_app.extensions["nvllm.aliases"]
+
+
+@bp.get("/all")
+@require_role("admin")
+def all_aliases() -> Response:
+    return ok([a.to_dict() for a in aliases.list_aliases(_book())])
+
+
+@bp.post("/set")
+@require_role("admin")
+def set_alias() -> Response:
+    return ok(aliases.set_alias(_book(), json_body()).to_dict())
+
+
+# path: aliases may hold '/' (org/model), as model names do.
+@bp.delete("/delete/<path:name>")
+@require_role("admin")
+def delete(name: str) -> Response:
+    aliases.delete_alias(_book(), name)
+    return ok({"alias": name})

@@ -1,0 +1,96 @@
+"""Which nodes Proxy.select may pick: by model, by health, by exclusion."""
+
+from __future__ import annotations
+
+import pytest
+
+from dao.inflight import InflightStore
+from dao.keys import Keys
+from dao.node import NodeStore
+from model.errors import NoRoutableNode
+from model.node import Node, NodeStatus
+from service.fleet import Fleet
+from service.proxy import Proxy, UpstreamConfig
+from service.routing import RouteRequest
+from service.routing.load import LoadPolicy
+from service.routing.random_choice import RandomPolicy
+
+
+@pytest.fixture
+def node_store(redis) -> NodeStore:
+    return NodeStore(redis, Keys("nvllm"))
+
+
+@pytest.fixture
+def fleet(redis, node_store, clock):
+    # The refresher thread waits an hour before its first tick: the test drives
+    # refresh() itself.
+    fleet = Fleet(node_store, InflightStore(redis, Keys("nvllm")), refresh_interval=3600,
+                  eject_after=2, clock=clock)
+    yield fleet
+    fleet.close()
+
+
+def save(store: NodeStore, node_id: str, now: float, **fields) -> Node:
+    fields.setdefault("node_status", NodeStatus.ONLINE)
+    return store.save(Node(node_id, node_address="127.0.0.1", create_time=now, update_time=now, **fields))
+
+
+def picks(proxy: Proxy, model: str | None, tries: int = 40) -> set[str]:
+    return {proxy.select(RouteRequest(model=model)).node_id for _ in range(tries)}
+
+
+def test_select_keeps_to_nodes_serving_the_model_or_declaring_none(node_store, fleet, clock):
+    save(node_store, "a", clock(), models=["m1"])
+    save(node_store, "b", clock(), models=["m2", "m1"])
+    save(node_store, "any", clock())
+    fleet.refresh()
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    assert picks(proxy, "m1") == {"a", "b", "any"}
+    assert picks(proxy, "m2") == {"b", "any"}
+    assert picks(proxy, "other") == {"any"}
+    assert picks(proxy, None) == {"a", "b", "any"}
+
+
+def test_select_with_no_node_for_the_model_names_it(node_store, fleet, clock):
+    save(node_store, "a", clock(), models=["m1"])
+    fleet.refresh()
+    proxy = Proxy(fleet, LoadPolicy(), UpstreamConfig())
+    with pytest.raises(NoRoutableNode) as raised:
+        proxy.select(RouteRequest(model="llama-70b"))
+    assert raised.value.code == 503
+    assert "'llama-70b'" in raised.value.message
+
+
+def test_select_honours_exclude(node_store, fleet, clock):
+    save(node_store, "a", clock())
+    save(node_store, "b", clock())
+    fleet.refresh()
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    assert {proxy.select(RouteRequest(), frozenset({"a"})).state.node_id for _ in range(20)} == {"b"}
+    with pytest.raises(NoRoutableNode):
+        proxy.select(RouteRequest(), frozenset({"a", "b"}))
+
+
+def test_only_live_online_healthy_nodes_are_routable(node_store, fleet, clock):
+    now = clock()
+    save(node_store, "ok", now)
+    save(node_store, "draining", now, node_status=NodeStatus.DRAINING)
+    save(node_store, "offline", now, node_status=NodeStatus.OFFLINE)
+    save(node_store, "expired", now - 61, timeout=60)
+    save(node_store, "probe-failing", now, probe_failing=True)
+    save(node_store, "ejected", now)
+    fleet.refresh()
+    for _ in range(2):
+        fleet.record_failure(fleet.get("ejected"), "HTTP 500")
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    assert {s.node_id for s in fleet.routable()} == {"ok"}
+    assert picks(proxy, None) == {"ok"}
+
+
+def test_a_node_expires_between_refreshes(node_store, fleet, clock):
+    save(node_store, "a", clock(), timeout=10)
+    fleet.refresh()
+    assert [s.node_id for s in fleet.routable()] == ["a"]
+    clock.advance(11)
+    assert fleet.routable() == []
