@@ -58,6 +58,15 @@ def _optional_text(name: str, raw: str) -> str | None:
     return raw or None
 
 
+def _store_url(name: str, raw: str) -> str | None:
+    from model.store_url import check_store_url
+
+    try:
+        return check_store_url(raw) if raw else None
+    except ValueError as exc:
+        raise SettingsError(f"{name} {exc}") from None
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         if raw not in choices:
@@ -129,7 +138,8 @@ class Settings:
     log_json: bool = _env("NVLLM_LOG_JSON", _bool, False, "one JSON object per log line")
 
     redis_url: str | None = _env(
-        "REDIS_URL", _optional_text, None, "external Redis/Valkey; unset = embedded store"
+        "REDIS_URL", _store_url, None,
+        "external Redis/Valkey (redis://, rediss://, unix://, or redis+sentinel://); unset = embedded store"
     )
     redis_prefix: str = _env("NVLLM_REDIS_PREFIX", _text, "nvllm", "prefix of every Redis key")
     redis_timeout: float = _env(

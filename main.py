@@ -9,12 +9,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import redis
 from flask import Flask, request
 from flask_cors import CORS
 
 from config import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from middleware.services import Services
+    from service.stats import StatsRecorder
 
 log = logging.getLogger("nvllm")
 
@@ -42,34 +47,34 @@ def create_app(
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     init_trace(app)
-    init_body_limits(app, settings)
+    services = init_redis(app, settings, redis_client, clock)
+    init_body_limits(app, settings, services)
     init_cors(app, settings)
-    stores = init_redis(app, settings, redis_client, clock)
-    init_balancer(app, settings, stores)
-    init_aliases(app, settings, stores)
+    init_balancer(settings, services)
+    init_aliases(settings, services)
     register_blueprints(app)
     register_error_handlers(app)
-    bootstrap_admin(stores, settings)
+    bootstrap_admin(services, settings)
     if background:
-        start_background(app, settings)
+        start_background(services, settings)
     return app
 
 
-def start_background(app: Flask, settings: Settings) -> None:
-    """The fleet refresher, and node polling unless NVLLM_PROBE_INTERVAL=0."""
+def start_background(services: Services, settings: Settings) -> None:
+    """The fleet refresher, the token checks' refresher, and node polling
+    unless NVLLM_PROBE_INTERVAL=0."""
     from service.probe import Prober
 
-    app.extensions["nvllm.proxy"].fleet.start()
-    app.extensions["nvllm.stats"].start()
+    services.proxy.fleet.start()
+    services.tokens.start()
+    services.stats.start()
     if settings.probe_interval > 0:
-        stores = app.extensions["nvllm"]
-        prober = Prober(stores.nodes, interval=settings.probe_interval, clock=stores.clock,
-                        netpolicy=app.extensions["nvllm.netpolicy"], api_key=settings.upstream_api_key)
-        app.extensions["nvllm.prober"] = prober
-        prober.start()
+        services.prober = Prober(services.nodes, interval=settings.probe_interval, clock=services.clock,
+                                 netpolicy=services.netpolicy, api_key=settings.upstream_api_key)
+        services.prober.start()
 
 
-def init_balancer(app: Flask, settings: Settings, stores) -> None:
+def init_balancer(settings: Settings, services: Services) -> None:
     """The fleet view, the routing policy and the forwarding proxy."""
     import urllib3
 
@@ -85,7 +90,7 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     netpolicy = NetworkPolicy.from_settings(
         settings.allowed_networks, settings.upstream_key_networks, settings.host
     )
-    app.extensions["nvllm.netpolicy"] = netpolicy
+    services.netpolicy = netpolicy
 
     def healthy(node) -> bool:
         # The fleet refresher asks this of ejected nodes: bounded in size and
@@ -99,11 +104,11 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
     options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
     policy = make_policy(settings.routing, **options)
     fleet = Fleet(
-        stores.nodes,
-        stores.inflight,
+        services.nodes,
+        services.inflight,
         refresh_interval=settings.fleet_refresh,
         eject_after=settings.eject_after,
-        clock=stores.clock,
+        clock=services.clock,
         health_check=healthy,
         netpolicy=netpolicy,
         listener=policy,
@@ -115,55 +120,50 @@ def init_balancer(app: Flask, settings: Settings, stores) -> None:
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )
-    app.extensions["nvllm.lora"] = LoraCaller(
+    services.lora = LoraCaller(
         http, netpolicy, settings.upstream_api_key,
         connect_timeout=settings.upstream_connect_timeout, read_timeout=settings.upstream_read_timeout,
     )
-    metrics = BalancerMetrics(fleet)
-    app.extensions["nvllm.metrics"] = metrics
-    recorder = init_stats(app, stores, fleet)
+    services.metrics = BalancerMetrics(fleet)
+    recorder = init_stats(services, fleet)
 
     def on_done(done: dict) -> None:
-        metrics.observe_upstream(done)
+        services.metrics.observe_upstream(done)
         recorder.observe(done)
 
-    app.extensions["nvllm.proxy"] = Proxy(
-        fleet, policy, config, http=http, on_done=on_done
-    )
+    services.proxy = Proxy(fleet, policy, config, http=http, on_done=on_done)
 
 
-def init_stats(app: Flask, stores, fleet):
+def init_stats(services: Services, fleet) -> StatsRecorder:
     """Per-node request statistics, shared through Redis for the dashboard."""
     from dao.stats import StatsStore
     from service.stats import StatsRecorder
 
-    store = StatsStore(stores.redis, stores.keys)
-    recorder = StatsRecorder(
-        store, clock=stores.clock, instance_id=fleet.instance_id,
+    services.stats_store = StatsStore(services.redis, services.keys)
+    services.stats = StatsRecorder(
+        services.stats_store, clock=services.clock, instance_id=fleet.instance_id,
         ejected=lambda: [s.node_id for s in fleet.known() if fleet.is_failing(s.node_id)],
     )
-    app.extensions["nvllm.stats_store"] = store
-    app.extensions["nvllm.stats"] = recorder
-    return recorder
+    return services.stats
 
 
-def init_aliases(app: Flask, settings: Settings, stores) -> None:
+def init_aliases(settings: Settings, services: Services) -> None:
     """Model aliases, shared through Redis; each instance keeps a copy fresh
     within NVLLM_FLEET_REFRESH seconds."""
     from dao.alias import AliasStore
     from service.alias import AliasBook
 
-    app.extensions["nvllm.aliases"] = AliasBook(AliasStore(stores.redis, stores.keys), refresh=settings.fleet_refresh)
+    services.aliases = AliasBook(AliasStore(services.redis, services.keys), refresh=settings.fleet_refresh)
 
 
-def init_body_limits(app: Flask, settings: Settings) -> None:
+def init_body_limits(app: Flask, settings: Settings, services: Services) -> None:
     """Body sizes per route, and the cap on each user's /v1 requests in flight.
     The server bounds how long a body may take (NVLLM_BODY_TIMEOUT)."""
     from api import API_MAX_BODY
     from service.proxy import UserSlots
 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_proxy_body
-    app.extensions["nvllm.user_slots"] = UserSlots(settings.max_inflight_per_user)
+    services.user_slots = UserSlots(settings.max_inflight_per_user)
 
     @app.before_request
     def limit_api_bodies() -> None:
@@ -187,7 +187,7 @@ def init_cors(app: Flask, settings: Settings) -> None:
 ADMIN_PASSWORD_FILE = "admin-password"
 
 
-def bootstrap_admin(stores, settings: Settings) -> None:
+def bootstrap_admin(services: Services, settings: Settings) -> None:
     """First start with no users: create `admin`. A generated password goes to
     <NVLLM_DATA_DIR>/admin-password (mode 0600), never to the console or the
     log, which journald or a container runtime would keep for anyone to read."""
@@ -196,7 +196,7 @@ def bootstrap_admin(stores, settings: Settings) -> None:
 
     try:
         generated = create_first_admin(
-            stores.users, settings.admin_password, now=stores.clock(), hash_n=settings.password_hash_n
+            services.users, settings.admin_password, now=services.clock(), hash_n=settings.password_hash_n
         )
     except StorageUnavailable:
         log.warning("storage unavailable at startup; admin bootstrap skipped")
@@ -287,13 +287,13 @@ def read_password(prompt: str) -> str:
 
 def run_user_command(args: argparse.Namespace, settings: Settings) -> int:
     """User management against the same store the service uses."""
+    from middleware.services import app_services
     from model.errors import NvllmError
     from server.store import open_store
     from service import user as users
 
     with open_store(settings) as redis_url:
-        app = create_app(settings.replace(redis_url=redis_url))
-        stores = app.extensions["nvllm"]
+        stores = app_services(create_app(settings.replace(redis_url=redis_url)))
         try:
             if args.command == "token":
                 user = users.get_user(stores.users, args.username)

@@ -3,11 +3,11 @@ on the nodes of a base model."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from api import json_body, ok
 from middleware.auth import require_role
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.adapter import AdapterChange
 from service import lora
 from service.fleet import Fleet
@@ -16,24 +16,24 @@ bp = Blueprint("adapter", __name__, url_prefix="/api/adapter")
 
 
 def _fleet() -> Fleet:
-    return current_app.extensions["nvllm.proxy"].fleet
+    return services().proxy.fleet
 
 
 def _caller() -> lora.LoraCaller:
-    return current_app.extensions["nvllm.lora"]
+    return services().lora
 
 
 @bp.get("/all")
 @require_role("admin")
 def all_adapters() -> Response:
-    return ok(lora.fleet_adapters(_fleet(), get_stores().clock()))
+    return ok(lora.fleet_adapters(_fleet(), services().clock()))
 
 
 @bp.post("/load")
 @require_role("admin")
 def load() -> Response:
     change = AdapterChange.from_payload(json_body(), load=True)
-    stores = get_stores()
+    stores = services()
     return ok(lora.change(_caller(), _fleet(), stores.nodes, change, load=True, now=stores.clock()))
 
 
@@ -41,5 +41,5 @@ def load() -> Response:
 @require_role("admin")
 def unload() -> Response:
     change = AdapterChange.from_payload(json_body(), load=False)
-    stores = get_stores()
+    stores = services()
     return ok(lora.change(_caller(), _fleet(), stores.nodes, change, load=False, now=stores.clock()))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from api import json_body, ok
 from middleware.auth import require_role
+from middleware.services import services
 from service import alias as aliases
 from service.alias import AliasBook
 
@@ -13,7 +14,7 @@ bp = Blueprint("alias", __name__, url_prefix="/api/alias")
 
 
 def _book() -> AliasBook:
-    return current_app.extensions["nvllm.aliases"]
+    return services().aliases
 
 
 @bp.get("/all")

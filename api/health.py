@@ -6,10 +6,9 @@ import ipaddress
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from dao.errors import UNREACHABLE
 from middleware.auth import authenticate
-from middleware.redis_client import get_redis
-from model.errors import Forbidden, StorageUnavailable
+from middleware.services import services
+from model.errors import Forbidden
 from model.user import Role
 
 bp = Blueprint("health", __name__)
@@ -24,10 +23,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Redis answers; 503 otherwise."""
-    try:
-        get_redis().ping()
-    except UNREACHABLE as exc:
-        raise StorageUnavailable(retry_after=2) from exc
+    services().storage.ping()
     return jsonify({"status": "ready"})
 
 
@@ -40,7 +36,7 @@ def metrics() -> Response:
         raise Forbidden("/metrics is not open to this address (NVLLM_METRICS_ALLOW)")
     if settings.metrics_token:
         authenticate(Role.USER)
-    body = current_app.extensions["nvllm.metrics"].render()
+    body = services().metrics.render()
     return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from api import json_body, ok
 from middleware.auth import require_role
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.node import NODE_FILTERS, SELECT_QUERY, Actor, NodeLimits
 from model.user import Role
 from service import node as nodes
@@ -17,7 +17,7 @@ bp = Blueprint("node", __name__, url_prefix="/api/node/node")
 
 
 def _now() -> float:
-    return get_stores().clock()
+    return services().clock()
 
 
 def _retention() -> int:
@@ -29,7 +29,7 @@ def _actor() -> Actor:
 
 
 def _netpolicy() -> NetworkPolicy:
-    return current_app.extensions["nvllm.netpolicy"]
+    return services().netpolicy
 
 
 def _limits() -> NodeLimits:
@@ -46,7 +46,7 @@ def _sees_addresses() -> bool:
 @require_role("worker")
 def register() -> Response:
     node = nodes.register(
-        get_stores().nodes, json_body(), now=_now(), actor=_actor(), netpolicy=_netpolicy(),
+        services().nodes, json_body(), now=_now(), actor=_actor(), netpolicy=_netpolicy(),
         limits=_limits(), retention=_retention(),
     )
     return ok(node.to_dict(_now()))
@@ -57,7 +57,7 @@ def register() -> Response:
 def update(node_id: str) -> Response:
     now = _now()
     node = nodes.update(
-        get_stores().nodes, node_id, json_body(), now=now, actor=_actor(), netpolicy=_netpolicy(),
+        services().nodes, node_id, json_body(), now=now, actor=_actor(), netpolicy=_netpolicy(),
         retention=_retention(),
     )
     return ok(node.to_dict(now))
@@ -66,7 +66,7 @@ def update(node_id: str) -> Response:
 @bp.delete("/delete/<node_id>")
 @require_role("worker")
 def delete(node_id: str) -> Response:
-    nodes.delete(get_stores().nodes, node_id, actor=_actor())
+    nodes.delete(services().nodes, node_id, actor=_actor())
     return ok({"node_id": node_id, "deleted": True})
 
 
@@ -74,15 +74,15 @@ def delete(node_id: str) -> Response:
 @require_role("user")
 def get_node(node_id: str) -> Response:
     now = _now()
-    node = nodes.get(get_stores().nodes, node_id, now=now, retention=_retention())
+    node = nodes.get(services().nodes, node_id, now=now, retention=_retention())
     return ok(node.to_dict(now, include_address=_sees_addresses()))
 
 
 @bp.get("/status/<node_id>")
 @require_role("user")
 def status(node_id: str) -> Response:
-    stores = get_stores()
-    failing = current_app.extensions["nvllm.proxy"].fleet.is_failing(node_id)
+    stores = services()
+    failing = stores.proxy.fleet.is_failing(node_id)
     data = nodes.status(
         stores.nodes, stores.inflight, node_id, now=_now(), retention=_retention(), failing=failing,
         include_address=_sees_addresses(), include_owner=g.user.role is Role.ADMIN,
@@ -95,11 +95,10 @@ def status(node_id: str) -> Response:
 def select() -> Response:
     """The node the balancer would pick now for ?model= (503 when none)."""
     query = SELECT_QUERY.check(None, request.args.to_dict())
-    proxy = current_app.extensions["nvllm.proxy"]
     model = query.get("model") or None
     # An alias selects as the model it stands for, as on /v1.
-    model = current_app.extensions["nvllm.aliases"].resolve(model) or model
-    decision = proxy.select(RouteRequest(model=model))
+    model = services().aliases.resolve(model) or model
+    decision = services().proxy.select(RouteRequest(model=model))
     data = decision.state.node.to_dict(_now(), include_address=_sees_addresses())
     if _sees_addresses():
         data["url"] = decision.state.node.url
@@ -113,7 +112,7 @@ def all_nodes() -> Response:
     query = NODE_FILTERS.check(None, request.args.to_dict())
     now = _now()
     found = nodes.list_nodes(
-        get_stores().nodes,
+        services().nodes,
         now=now,
         retention=_retention(),
         status=query.get("status"),

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from flask import (
     Blueprint,
     Response,
-    current_app,
     g,
     jsonify,
     request,
@@ -19,6 +18,7 @@ from flask import (
 from werkzeug.exceptions import ClientDisconnected
 
 from middleware.auth import require_role
+from middleware.services import services
 from middleware.trace import current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
 from service.adapters import model_cards
@@ -31,15 +31,15 @@ bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
 
 def get_proxy() -> Proxy:
-    return current_app.extensions["nvllm.proxy"]
+    return services().proxy
 
 
 def get_slots() -> UserSlots:
-    return current_app.extensions["nvllm.user_slots"]
+    return services().user_slots
 
 
 def get_aliases() -> AliasBook:
-    return current_app.extensions["nvllm.aliases"]
+    return services().aliases
 
 
 @bp.get("/models")

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g
 
 from api import ok
 from middleware.auth import require_role
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.user import Role
 from service import node as nodes
 from service import stats
@@ -20,10 +20,10 @@ def fleet_stats() -> Response:
     """Every node with its live state and the last minute's request statistics,
     every model, fleet totals. Read from Redis, so every worker and instance
     answers the same. The user role sees no node addresses."""
-    stores = get_stores()
-    now = stores.clock()
-    found = nodes.list_nodes(stores.nodes, now=now, retention=current_app.config["NVLLM"].node_retention)
+    parts = services()
+    now = parts.clock()
+    found = nodes.list_nodes(parts.nodes, now=now, retention=current_app.config["NVLLM"].node_retention)
     return ok(stats.snapshot(
-        found, current_app.extensions["nvllm.stats_store"], stores.inflight, now=now,
+        found, parts.stats_store, parts.inflight, now=now,
         include_address=g.user.role in (Role.ADMIN, Role.WORKER),
     ))

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app
 from api import json_body, ok
 from middleware.auth import require_role
 from middleware.client import request_client_address
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.user import DEFAULT_MINTED_TTL, TOKEN_REQUEST, validate_username
 from service import user as users
 
@@ -21,7 +21,7 @@ def _settings():
 @bp.post("/login")
 def login() -> Response:
     settings = _settings()
-    stores = get_stores()
+    stores = services()
     user = users.login(
         stores.users,
         json_body(),
@@ -38,13 +38,13 @@ def login() -> Response:
 @bp.get("/all")
 @require_role("admin")
 def all_users() -> Response:
-    return ok([u.to_dict() for u in users.list_users(get_stores().users)])
+    return ok([u.to_dict() for u in users.list_users(services().users)])
 
 
 @bp.post("/register")
 @require_role("admin")
 def register() -> Response:
-    stores = get_stores()
+    stores = services()
     user = users.create_user(
         stores.users, json_body(), now=stores.clock(), hash_n=_settings().password_hash_n
     )
@@ -55,7 +55,7 @@ def register() -> Response:
 @require_role("admin")
 def update(username: str) -> Response:
     user = users.update_user(
-        get_stores().users, username, json_body(), hash_n=_settings().password_hash_n
+        services().users, username, json_body(), hash_n=_settings().password_hash_n
     )
     return ok(user.to_dict())
 
@@ -63,7 +63,7 @@ def update(username: str) -> Response:
 @bp.delete("/delete/<username>")
 @require_role("admin")
 def delete(username: str) -> Response:
-    users.delete_user(get_stores().users, username)
+    users.delete_user(services().users, username)
     return ok({"username": username, "deleted": True})
 
 
@@ -73,7 +73,7 @@ def mint_token(username: str) -> Response:
     """A long-lived token for a worker's agent: {"ttl": seconds}, default 1 year.
     Its `jti` is what revokes it alone (DELETE token/<jti>)."""
     ttl = TOKEN_REQUEST.check(None, json_body()).get("ttl", DEFAULT_MINTED_TTL)
-    stores = get_stores()
+    stores = services()
     user = users.get_user(stores.users, validate_username(username))
     token, jti = stores.tokens.mint(user, ttl)
     return ok({"token": token, "expires_in": ttl, "role": user.role.value, "jti": jti})
@@ -83,5 +83,5 @@ def mint_token(username: str) -> Response:
 @require_role("admin")
 def revoke_token(jti: str) -> Response:
     """Revoke one token by its jti; the user's other tokens keep working."""
-    get_stores().tokens.revoke(jti)
+    services().tokens.revoke(jti)
     return ok({"jti": jti, "revoked": True})

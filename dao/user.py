@@ -135,6 +135,21 @@ class UserStore:
         return (User.from_redis(mapping) if mapping else None), bool(jti and replies[1])
 
     @storage_errors
+    def load_many_for_tokens(self, pairs: list[tuple[str, str | None]]) -> list[tuple[User | None, bool]]:
+        """load_for_token for many (username, jti) pairs, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for username, jti in pairs:
+            pipe.hgetall(self.keys.user(username))
+            if jti:
+                pipe.exists(self.keys.revoked_token(jti))
+        replies = iter(pipe.execute())
+        answers = []
+        for _, jti in pairs:
+            mapping = next(replies)
+            answers.append(((User.from_redis(mapping) if mapping else None), bool(jti and next(replies))))
+        return answers
+
+    @storage_errors
     def shared_secret(self, candidate: str) -> str:
         """The secret every instance signs with: the first one stored wins."""
         key = self.keys.jwt_secret()

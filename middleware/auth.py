@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from middleware.redis_client import get_stores
+from middleware.services import services
 from model.errors import Forbidden, Unauthorized
 from model.user import Role
 
@@ -29,7 +29,7 @@ def bearer_token() -> str:
 def authenticate(minimum: Role) -> None:
     """Verify the request's token and put its claims on g.
     Raises Unauthorized (no, bad, expired, revoked) or Forbidden (role)."""
-    claims = get_stores().tokens.verify(bearer_token())
+    claims = services().tokens.verify(bearer_token())
     g.user = claims
     if RANK[claims.role] < RANK[minimum]:
         raise Forbidden(f"role {claims.role.value!r} may not do this; needs {minimum.value!r}")

@@ -1,4 +1,4 @@
-"""The Redis client and the stores built on it, kept on the app (never global)."""
+"""The Redis client and the stores built on it, registered on the app (never global)."""
 
 from __future__ import annotations
 
@@ -6,45 +6,57 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
-from flask import Flask, current_app
-from redis.backoff import ExponentialBackoff
+from flask import Flask
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from config import Settings
 from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
+from dao.storage import Storage
 from dao.user import UserStore
+from middleware.services import Services, install
+from model.store_url import SentinelUrl, is_sentinel, parse_sentinel_url
 from service.token import TokenService
 
 
-@dataclass
-class Stores:
-    """What views need, built once per app."""
-
-    redis: redis.Redis
-    keys: Keys
-    nodes: NodeStore
-    inflight: InflightStore
-    users: UserStore
-    tokens: TokenService
-    clock: Callable[[], float]
-
-
 def make_client(url: str, timeout: float) -> redis.Redis:
-    """Bounded timeouts and few retries: a dead Redis must give a fast 503,
-    never a hung worker."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-        health_check_interval=15,
+    """Bounded timeouts: a dead or hung Redis must give a 503 within `timeout`,
+    never a hung worker. A refused or reset connection (a pooled one the
+    server closed, a restart) is retried once, quickly; a timeout never is,
+    since a store that did not answer within `timeout` will not answer the
+    same command sooner, and a retry would double the client's wait."""
+    options = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 15,
+    }
+    if is_sentinel(url):
+        return _sentinel_client(parse_sentinel_url(url), timeout, options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_client(spec: SentinelUrl, timeout: float, options: dict) -> redis.Redis:
+    """The current primary of `spec.service`, as the sentinels name it. Each
+    new connection asks them again, so after a failover the pool's next
+    connection goes to the promoted replica; one still open to a demoted
+    primary fails its first write (READONLY) and is replaced."""
+    # Each sentinel asked gets a share of the timeout, so finding the primary
+    # takes no longer than one Redis call even when the first sentinels are gone.
+    # No retry either: redis-py's default would back off for seconds per sentinel.
+    ask = max(0.05, timeout / len(spec.sentinels))
+    sentinel = Sentinel(
+        list(spec.sentinels),
+        sentinel_kwargs={"socket_timeout": ask, "socket_connect_timeout": ask, "password": spec.sentinel_password,
+                         "retry": Retry(NoBackoff(), 0)},
     )
+    return sentinel.master_for(spec.service, redis_class=redis.Redis, password=spec.password, db=spec.db, **options)
 
 
 def init_redis(
@@ -52,16 +64,19 @@ def init_redis(
     settings: Settings,
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
-) -> Stores:
+) -> Services:
+    """Build the stores and the token service on one client and register them
+    as the app's Services; the balancer's parts are added by the factory."""
     if client is None:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set and no client was given")
         client = make_client(settings.redis_url, settings.redis_timeout)
     keys = Keys(settings.redis_prefix)
     users = UserStore(client, keys)
-    stores = Stores(
+    built = Services(
         redis=client,
         keys=keys,
+        storage=Storage(client),
         nodes=NodeStore(client, keys),
         inflight=InflightStore(client, keys),
         users=users,
@@ -70,9 +85,7 @@ def init_redis(
         ),
         clock=clock,
     )
-    app.extensions["redis"] = client
-    app.extensions["nvllm"] = stores
-    return stores
+    return install(app, built)
 
 
 def _secret_source(settings: Settings, users: UserStore) -> Callable[[], str]:
@@ -92,11 +105,3 @@ def _secret_source(settings: Settings, users: UserStore) -> Callable[[], str]:
         return known[0]
 
     return secret
-
-
-def get_redis() -> redis.Redis:
-    return current_app.extensions["redis"]
-
-
-def get_stores() -> Stores:
-    return current_app.extensions["nvllm"]

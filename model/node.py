@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from model.adapter import MAX_ADAPTERS, Adapter, adapters_from_json, adapters_to_json, validate_adapter_names, validate_adapters
+from model.adapter import (
+    MAX_ADAPTERS,
+    Adapter,
+    adapters_from_json,
+    adapters_to_json,
+    validate_adapter_names,
+    validate_adapters,
+)
 from model.adapter import MAX_NAME as MAX_ADAPTER_NAME
 from model.adapter import MAX_ROOT as MAX_ADAPTER_ROOT
 from model.errors import ValidationError

@@ -27,6 +27,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
 from config import Settings
+from middleware.services import EXTENSION
 from server.store import SERVICE, StoreError, open_store
 
 log = logging.getLogger("nvllm.http")
@@ -153,16 +154,14 @@ class NvllmServer(BaseApplication):
 def close_app(app: Any) -> None:
     """Stop an app's background work and withdraw its in-flight counts, so
     other instances do not see this one's load after it is gone."""
-    extensions = getattr(app, "extensions", {})
-    prober = extensions.get("nvllm.prober")
-    if prober is not None:
-        prober.close()
-    proxy = extensions.get("nvllm.proxy")
-    if proxy is not None:
-        proxy.fleet.close()
-    stats = extensions.get("nvllm.stats")
-    if stats is not None:
-        stats.close()  # its last second of request statistics
+    services = getattr(app, "extensions", {}).get(EXTENSION)
+    if services is None:
+        return
+    if services.prober is not None:
+        services.prober.close()
+    services.tokens.close()
+    services.proxy.fleet.close()
+    services.stats.close()  # its last second of request statistics
 
 
 class NvllmWorker(GeventWorker):

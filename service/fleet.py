@@ -164,7 +164,9 @@ class Fleet:
         """Refresh now unless the view (or the last attempt) is younger than
         `seconds`; True when it refreshed."""
         now = self._clock()
-        if now - max(self._refreshed_at, self._attempted_at) < seconds:
+        # With the store unreachable (or hung) a request must not wait on it;
+        # the background refresher finds out when it is back.
+        if not self._storage_ok or now - max(self._refreshed_at, self._attempted_at) < seconds:
             return False
         self.refresh()
         return True

@@ -3,8 +3,11 @@ exp and jti (the token's own id, to revoke it alone)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +20,9 @@ from model.user import JTI, MAX_TOKEN_TTL, Role, User
 ALGORITHM = "HS256"
 MAX_VERIFIED = 10_000  # tokens whose signature was checked, kept per process
 CLOCK_SKEW = 5  # seconds another instance's clock may run ahead of ours
+MAX_CHECKED = 10_000  # (user, jti) checks kept per process
+
+log = logging.getLogger("nvllm.token")
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,29 @@ def validate_jti(value: object) -> str:
     return JTI.check("jti", value)
 
 
+@dataclass
+class Checked:
+    """What Redis said of a (user, jti) pair, when, and when it was last needed."""
+
+    at: float
+    user: User | None
+    revoked: bool
+    used: float
+
+
 class TokenService:
     """Issues and verifies tokens. A token is only as good as its user: a user
     removed, or whose password or role changed (token_version bumped), or a
     token revoked by its jti, stops working once the cached check is older
-    than `cache_seconds`. While Redis is down, a check up to `max_stale`
-    seconds old is still trusted; past that the 503 stands."""
+    than `cache_seconds`.
+
+    With the background refresher running (`start()`), the checks of tokens
+    used in the last `max_stale` seconds are renewed every half
+    `cache_seconds`, so a request never waits on Redis for a token this
+    instance has seen lately. While the refresher cannot reach Redis (or a
+    round is taking long: a hung store), those checks are trusted until they
+    are `max_stale` seconds old, and no request waits for Redis meanwhile;
+    past that the 503 stands."""
 
     def __init__(
         self,
@@ -51,8 +74,14 @@ class TokenService:
         self._cache_seconds = cache_seconds
         self._max_stale = max_stale
         self._clock = clock
-        self._cache: dict[tuple[str, str | None], tuple[float, User | None, bool]] = {}
+        self._cache: dict[tuple[str, str | None], Checked] = {}
         self._verified: dict[str, dict] = {}
+        # The refresher's state: a round under way or failed last means Redis
+        # is slow or gone, and a request must not wait on it.
+        self._round_running = False
+        self._round_failed = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def issue(self, user: User, ttl: int) -> str:
         return self.mint(user, ttl)[0]
@@ -122,20 +151,91 @@ class TokenService:
     def _user(self, username: str, jti: str | None) -> tuple[User | None, bool]:
         now = self._clock()
         cached = self._cache.get((username, jti))
-        if cached and now - cached[0] < self._cache_seconds:
-            return cached[1], cached[2]
+        if cached:
+            cached.used = now
+            age = now - cached.at
+            if age < self._cache_seconds or (age <= self._max_stale and self.storage_behind):
+                return cached.user, cached.revoked
         try:
             user, revoked = self._users.load_for_token(username, jti)
         except StorageUnavailable:
             # Redis is briefly down: trust what we knew a short while ago rather
             # than lock every client out; with nothing recent known, the 503 stands.
-            if cached and now - cached[0] <= self._max_stale:
-                return cached[1], cached[2]
+            if cached and now - cached.at <= self._max_stale:
+                return cached.user, cached.revoked
             raise
-        if len(self._cache) > 10_000:
+        if len(self._cache) >= MAX_CHECKED:
             self._cache.clear()
-        self._cache[(username, jti)] = (now, user, revoked)
+        self._cache[(username, jti)] = Checked(now, user, revoked, now)
         return user, revoked
+
+    @property
+    def storage_behind(self) -> bool:
+        """The refresher is waiting on Redis, or could not reach it last time."""
+        return self._round_running or self._round_failed
+
+    # --- the background refresher ---
+
+    def refresh_checks(self) -> None:
+        """One round: renew, in one pipeline, the checks of tokens used in the
+        last `max_stale` seconds that are older than half `cache_seconds`;
+        forget the others once they are too old to be trusted."""
+        now = self._clock()
+        due = []
+        for key, checked in list(self._cache.items()):
+            if now - checked.used > self._max_stale:
+                if now - checked.at > self._max_stale:
+                    self._cache.pop(key, None)
+            elif now - checked.at >= self._cache_seconds / 2:
+                due.append(key)
+        if not due:
+            self._round_failed = False
+            return
+        self._round_running = True
+        try:
+            answers = self._users.load_many_for_tokens(due)
+        except StorageUnavailable:
+            if not self._round_failed:
+                log.warning("token checks: storage unavailable; trusting checks up to %.0fs old", self._max_stale)
+            self._round_failed = True
+            return
+        finally:
+            self._round_running = False
+        if self._round_failed:
+            log.info("token checks: storage recovered")
+        self._round_failed = False
+        for key, (user, revoked) in zip(due, answers, strict=True):
+            checked = self._cache.get(key)
+            if checked is not None:
+                # `now` is when the round began: the answer is at least that fresh.
+                checked.at, checked.user, checked.revoked = now, user, revoked
+
+    def start(self) -> None:
+        """Start the background refresher (idempotent)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=_refresh_loop, args=(weakref.ref(self), self._stop, self._cache_seconds / 2),
+            name="nvllm-tokens", daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _refresh_loop(ref: weakref.ReferenceType[TokenService], stop: threading.Event, delay: float) -> None:
+    """Holds the service only weakly between rounds, so a dropped app takes
+    its refresher with it."""
+    while not stop.wait(delay):
+        service = ref()
+        if service is None:
+            return
+        try:
+            service.refresh_checks()
+        except Exception:  # the refresher must outlive any one bad round
+            log.exception("token check refresh failed")
+        del service
 
 
 def _is_int(value: object) -> bool:

@@ -108,7 +108,7 @@ def test_redis_down_after_the_user_cache_expired_is_still_503(client, down, cloc
 
 
 def test_redis_down_with_an_unknown_token_is_503_not_401(client, down, app, clock):
-    other = create_app(app.config["NVLLM"], redis_client=app.extensions["redis"], clock=clock)
+    other = create_app(app.config["NVLLM"], redis_client=app.extensions["nvllm"].redis, clock=clock)
     error_text(other.test_client().get(f"{NODE}/all", headers=down), 503)
 
 

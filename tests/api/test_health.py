@@ -50,9 +50,9 @@ def test_a_purged_nodes_series_disappear(app, stores, client):
     node = Node("gpu-host-7.internal", node_address="127.0.0.1", node_port=1, node_status=NodeStatus.ONLINE,
                 create_time=now, update_time=now)
     stores.nodes.save(node)
-    fleet = app.extensions["nvllm.proxy"].fleet
+    fleet = app.extensions["nvllm"].proxy.fleet
     fleet.refresh()
-    app.extensions["nvllm.metrics"].observe_upstream({"node": node.node_id, "outcome": "ok"})
+    app.extensions["nvllm"].metrics.observe_upstream({"node": node.node_id, "outcome": "ok"})
     assert b'nvllm_upstream_requests_total{node="gpu-host-7.internal",outcome="ok"} 1.0' in client.get(
         "/metrics").data
     stores.nodes.delete(node.node_id)

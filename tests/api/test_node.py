@@ -244,7 +244,7 @@ def test_body_at_the_limit_is_read(client, worker):
 def test_good_addresses_are_accepted(app, register, address, stored):
     # The format is what is tested here; which networks are allowed is
     # tests/api/test_node_security.py's, and no test asks a real DNS server.
-    app.extensions["nvllm.netpolicy"] = NetworkPolicy(["0.0.0.0/0", "::/0", "::1/128"],
+    app.extensions["nvllm"].netpolicy = NetworkPolicy(["0.0.0.0/0", "::/0", "::1/128"],
                                                       resolver=lambda name: ["203.0.113.7"])
     assert register(node_address=address)["node_address"] == stored
 

@@ -32,7 +32,7 @@ def login(client, stores, settings):
 def dns(app):
     """Names the app resolves, set per test; no real DNS server is asked."""
     answers: dict[str, list[str]] = {}
-    app.extensions["nvllm.netpolicy"] = NetworkPolicy.from_settings(
+    app.extensions["nvllm"].netpolicy = NetworkPolicy.from_settings(
         None, None, "127.0.0.1", resolver=lambda name: answers.get(name, []), cache_seconds=0
     )
     return answers
@@ -122,7 +122,7 @@ def test_listed_networks_replace_the_default(redis, clock):
 def test_the_seeds_default_address_is_stored_but_never_contacted(client, auth_headers, app):
     data = ok_data(client.post(f"{BASE}/register", json={"node_status": "online"}, headers=auth_headers("worker")))
     assert data["node_address"] == "0.0.0.0"
-    fleet = app.extensions["nvllm.proxy"].fleet
+    fleet = app.extensions["nvllm"].proxy.fleet
     fleet.refresh()
     assert [s.node_id for s in fleet.known()] == [data["node_id"]]
     assert fleet.routable() == []
@@ -264,7 +264,7 @@ def test_users_see_no_node_addresses(client, auth_headers, app):
         shown = str(ok_data(client.get(path, headers=user)))
         assert "node_address" not in shown and "node_port" not in shown and "192.168" not in shown, path
         assert "192.168.1.100" in str(ok_data(client.get(path, headers=worker))), path
-    app.extensions["nvllm.proxy"].fleet.refresh()
+    app.extensions["nvllm"].proxy.fleet.refresh()
     selected = ok_data(client.get(f"{BASE}/select", headers=user))
     assert selected["node_id"] == "node-001"
     assert not {"url", "node_address", "node_port"} & set(selected) and "192.168" not in str(selected)

@@ -19,11 +19,11 @@ def test_needs_a_token(client):
 def test_reports_reach_the_route_through_the_proxy_hook(app, client, auth_headers, clock):
     client.post("/api/node/node/register", json=SEED_REGISTER, headers=auth_headers("worker"))
     # What the proxy calls when an attempt ends (main.py wires it to the recorder).
-    on_done = app.extensions["nvllm.proxy"]._on_done
+    on_done = app.extensions["nvllm"].proxy._on_done
     for i in range(4):
         on_done({"node": "node-001", "status": 200 if i else 502, "outcome": "ok", "seconds": 0.2,
                  "model": "meta-llama/Llama-3.1-8B-Instruct", "ttft": 0.12, "output_tokens": 25})
-    app.extensions["nvllm.stats"].flush()
+    app.extensions["nvllm"].stats.flush()
     clock.advance(BUCKET_SECONDS)
 
     answer = client.get(URL, headers=auth_headers("user"))

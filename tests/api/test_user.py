@@ -256,7 +256,7 @@ def test_a_generated_secret_is_random_per_redis(settings, clock):
     apps = [create_app(settings, redis_client=client, clock=clock) for client in clients]
     a, b = (app.test_client() for app in apps)
     error_text(b.get(ROUTE, headers=bearer(login(a))), 401)
-    secrets = [app.extensions["redis"].get("nvllm:secret:jwt") for app in apps]
+    secrets = [app.extensions["nvllm"].redis.get("nvllm:secret:jwt") for app in apps]
     assert secrets[0] != secrets[1] and min(map(len, secrets)) >= 32
 
 

@@ -118,6 +118,14 @@ def test_revoked_tokens_come_with_the_user(users, redis):
     assert 0 < redis.ttl(f"{PREFIX}:revoked_token:jti-one") <= 3600
 
 
+def test_many_token_checks_in_one_round_trip(users):
+    users.save(user("ops"))
+    users.revoke_token("jti-one", 3600)
+    pairs = [("ops", "jti-one"), ("ops", None), ("nobody", "jti-two"), ("ops", "jti-two")]
+    assert users.load_many_for_tokens(pairs) == [users.load_for_token(name, jti) for name, jti in pairs]
+    assert users.load_many_for_tokens([]) == []
+
+
 def test_shared_secret_first_one_wins(users):
     assert users.shared_secret("first") == "first"
     assert users.shared_secret("second") == "first"

@@ -54,11 +54,11 @@ class Live:
 
     @property
     def fleet(self) -> Fleet:
-        return self.app.extensions["nvllm.proxy"].fleet
+        return self.app.extensions["nvllm"].proxy.fleet
 
     def learned(self, node_id: str):
         """What the load policy has learned of the node (a NodeLoad)."""
-        return self.app.extensions["nvllm.proxy"].policy.model.node(node_id)
+        return self.app.extensions["nvllm"].proxy.policy.model.node(node_id)
 
     def sdk(self, token: str | None = None, **options: Any) -> openai.OpenAI:
         options.setdefault("timeout", 10.0)

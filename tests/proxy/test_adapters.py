@@ -49,7 +49,7 @@ def test_an_adapter_goes_only_to_the_nodes_holding_it(nvllm, fleet):
     assert served <= {"b", "c"} and served
     assert fleet["a"].stats()["requests_received"] == 0
     # The base model still goes to any of the three.
-    proxy = nvllm.app.extensions["nvllm.proxy"]
+    proxy = nvllm.app.extensions["nvllm"].proxy
     assert {s.node_id for s in proxy._candidates(RouteRequest(model="base"), frozenset())} == {"a", "b", "c"}
     assert nvllm.served_by(1, model="base")
 

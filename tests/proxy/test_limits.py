@@ -37,7 +37,7 @@ def test_a_user_has_at_most_the_cap_in_flight(start_nvllm, start_fake):
     assert other.status == 200
     held[0].release_conn()
     held[0].close()
-    slots = live.app.extensions["nvllm.user_slots"]
+    slots = live.app.extensions["nvllm"].user_slots
     wait_for(lambda: slots.in_flight("user0") == 1, 2, "the closed stream's slot to be freed")
     assert live.post("/v1/completions", {"model": "fake-model", "prompt": "x", "max_tokens": 1}).status == 200
     held[1].close()
@@ -48,7 +48,7 @@ def test_refused_and_failed_requests_free_their_slot(start_nvllm):
     live = start_nvllm(max_inflight_per_user=1)
     for _ in range(3):  # no node at all: 503, and the slot comes back each time
         assert live.post("/v1/completions", {"model": "fake-model", "prompt": "x"}).status == 503
-    assert live.app.extensions["nvllm.user_slots"].in_flight("user0") == 0
+    assert live.app.extensions["nvllm"].user_slots.in_flight("user0") == 0
 
 
 def test_multipart_uploads_have_their_own_larger_limit(start_nvllm):

@@ -30,7 +30,7 @@ def use_dns(live, answers: dict[str, list[str]], **options) -> None:
     settings = live.app.config["NVLLM"]
     policy = NetworkPolicy.from_settings(settings.allowed_networks, settings.upstream_key_networks, settings.host,
                                          resolver=lambda name: answers.get(name, []), cache_seconds=0, **options)
-    live.app.extensions["nvllm.netpolicy"] = policy
+    live.app.extensions["nvllm"].netpolicy = policy
     live.fleet.netpolicy = policy
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration  # a live nvllm and fake vLLM servers
 
 def recorded(live) -> list[dict]:
     """Every report the proxy makes from now on, beside the usual hook."""
-    proxy = live.app.extensions["nvllm.proxy"]
+    proxy = live.app.extensions["nvllm"].proxy
     reports: list[dict] = []
     original = proxy._on_done
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import jwt
 import pytest
 
@@ -82,6 +84,104 @@ def test_a_cached_user_is_trusted_only_so_long_in_an_outage(store, ops, server, 
         tokens.verify(token)
     server.connected = True
     assert tokens.verify(token).username == "ops"
+
+
+class CountingStore(UserStore):
+    """A UserStore that counts the checks a request makes itself, and can
+    hold the refresher's round as a hung Redis would."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_checks = 0
+        self.hold: threading.Event | None = None
+        self.held = threading.Event()
+
+    def load_for_token(self, username, jti):
+        self.request_checks += 1
+        return super().load_for_token(username, jti)
+
+    def load_many_for_tokens(self, pairs):
+        if self.hold is not None:
+            self.held.set()
+            self.hold.wait(5)
+            raise StorageUnavailable(retry_after=2)
+        return super().load_many_for_tokens(pairs)
+
+
+@pytest.fixture
+def counting(redis) -> CountingStore:
+    return CountingStore(redis, Keys())
+
+
+def test_the_refresher_keeps_a_used_token_checked_without_the_request_asking(counting, clock):
+    tokens = TokenService(counting, lambda: SECRET, clock=clock)
+    counting.save(User("ops", Role.WORKER, "x", create_time=clock()))
+    token = tokens.issue(counting.load("ops"), 3600)
+    tokens.verify(token)
+    assert counting.request_checks == 1
+    for _ in range(5):
+        clock.advance(1)
+        tokens.refresh_checks()
+        tokens.verify(token)
+    assert counting.request_checks == 1  # every check came from the refresher
+    counting.delete("ops")
+    clock.advance(1)
+    tokens.refresh_checks()
+    with pytest.raises(Unauthorized, match="revoked"):
+        tokens.verify(token)  # revoked within one round, still without a request's check
+    assert counting.request_checks == 1
+
+
+def test_a_refresher_that_cannot_reach_redis_stops_requests_waiting(counting, server, clock):
+    tokens = TokenService(counting, lambda: SECRET, max_stale=60, clock=clock)
+    counting.save(User("ops", Role.WORKER, "x", create_time=clock()))
+    token = tokens.issue(counting.load("ops"), 3600)
+    tokens.verify(token)
+    server.connected = False
+    clock.advance(1)
+    tokens.refresh_checks()
+    assert tokens.storage_behind
+    clock.advance(30)
+    assert tokens.verify(token).username == "ops"
+    assert counting.request_checks == 1  # served from the cache, the store never asked
+    clock.advance(30)
+    with pytest.raises(StorageUnavailable):
+        tokens.verify(token)  # past max_stale: only Redis can say
+    server.connected = True
+    tokens.refresh_checks()
+    assert not tokens.storage_behind
+    assert tokens.verify(token).username == "ops"
+
+
+def test_a_hung_refresh_round_makes_no_request_wait(counting, clock):
+    tokens = TokenService(counting, lambda: SECRET, clock=clock)
+    counting.save(User("ops", Role.WORKER, "x", create_time=clock()))
+    token = tokens.issue(counting.load("ops"), 3600)
+    tokens.verify(token)
+    counting.hold = threading.Event()
+    clock.advance(1)
+    round_ = threading.Thread(target=tokens.refresh_checks)
+    round_.start()
+    try:
+        assert counting.held.wait(5)
+        clock.advance(5)  # the check is past the cache, the store is not answering
+        assert tokens.verify(token).username == "ops"
+        assert counting.request_checks == 1
+    finally:
+        counting.hold.set()
+        round_.join(5)
+    assert tokens.storage_behind  # the round failed: still no waiting
+
+
+def test_checks_of_tokens_no_longer_used_are_forgotten(counting, clock):
+    tokens = TokenService(counting, lambda: SECRET, max_stale=60, clock=clock)
+    counting.save(User("ops", Role.WORKER, "x", create_time=clock()))
+    token = tokens.issue(counting.load("ops"), 3600)
+    tokens.verify(token)
+    clock.advance(61)
+    tokens.refresh_checks()
+    assert tokens.verify(token).username == "ops"
+    assert counting.request_checks == 2  # not kept checked, so the request asked again
 
 
 def test_every_token_has_its_own_jti_and_can_be_revoked_alone(tokens, ops, clock):
