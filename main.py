@@ -67,6 +67,7 @@ def start_background(services: Services, settings: Settings) -> None:
 
     services.proxy.fleet.start()
     services.tokens.start()
+    services.aliases.start()
     services.stats.start()
     if settings.probe_interval > 0:
         services.prober = Prober(services.nodes, interval=settings.probe_interval, clock=services.clock,
@@ -124,7 +125,10 @@ def init_balancer(settings: Settings, services: Services) -> None:
         http, netpolicy, settings.upstream_api_key,
         connect_timeout=settings.upstream_connect_timeout, read_timeout=settings.upstream_read_timeout,
     )
-    services.metrics = BalancerMetrics(fleet)
+    # Set by main() (server/metrics_dir.py) when the server runs worker processes.
+    services.metrics = BalancerMetrics(fleet, clock=services.clock,
+                                       multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    fleet.on_breaker = services.metrics.observe_breaker
     recorder = init_stats(services, fleet)
 
     def on_done(done: dict) -> None:
@@ -352,8 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     from server.http import serve
+    from server.metrics_dir import metrics_dir
 
-    return serve(settings, serving_app)
+    # Before any worker imports prometheus_client, so that each keeps its values
+    # where a scrape of any one of them finds all.
+    with metrics_dir(settings.data_dir):
+        return serve(settings, serving_app)
 
 
 def serving_app(settings: Settings) -> Flask:

@@ -19,7 +19,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from middleware.auth import require_role
 from middleware.services import services
-from middleware.trace import current_trace_id, log_request
+from middleware.trace import add_log_fields, current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
 from service.adapters import model_cards
 from service.alias import AliasBook, with_model
@@ -60,10 +60,16 @@ def forward(subpath: str) -> Response:
     path = checked_path(request.path, request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI"))
     query = checked_query(request.query_string.decode("latin-1"))
     slot = get_slots().acquire(g.user.username)
-    try:
-        response = _forward(path + (f"?{query}" if query else ""), started, slot.release)
-    except BaseException:
+    counted = services().metrics.track_in_flight()
+
+    def release() -> None:
         slot.release()
+        counted()
+
+    try:
+        response = _forward(path + (f"?{query}" if query else ""), started, release)
+    except BaseException:
+        release()
         raise
     return response
 
@@ -81,6 +87,8 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
     if served is not None:
         payload["model"] = served
         body = with_model(payload, served)
+    model = payload.get("model")  # as sent to the node: an alias resolved
+    add_log_fields(model=model[:256] if isinstance(model, str) else None)
     proxy = get_proxy()
     try:
         answer = proxy.forward(
@@ -101,8 +109,9 @@ def _forward(path: str, started: float, release: Callable[[], None]) -> Response
             _close_client_connection()
         finally:
             release()
-            log_request(answer.status, (time.perf_counter() - started) * 1000,
-                        node=answer.node_id, attempts=answer.attempts)
+            report = answer.report or {}
+            log_request(answer.status, (time.perf_counter() - started) * 1000, node=answer.node_id,
+                        attempts=answer.attempts, ttft=report.get("ttft"), output_tokens=report.get("output_tokens"))
 
     response = Response(
         stream_with_context(relay()), status=answer.status, headers=answer.headers, direct_passthrough=True

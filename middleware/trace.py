@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -11,6 +12,9 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 
 # \Z, not $: $ also matches before a trailing newline.
 TRACE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
+# A log field's value written as it is; anything else (a model name a client
+# chose, with a space or a newline) is quoted, so it cannot forge a field or a line.
+PLAIN_VALUE = re.compile(r"[\w.:/@+-]{1,256}\Z")
 HEADER = "X-Trace-ID"
 
 access_log = logging.getLogger("nvllm.access")
@@ -54,12 +58,22 @@ def init_trace(app: Flask) -> None:
         return response
 
 
+def add_log_fields(**fields: object) -> None:
+    """Fields for the request's access-log line, whichever way it ends (an
+    error answered by a handler included)."""
+    g.log_fields = {**g.get("log_fields", {}), **fields}
+
+
 def log_request(status: int, elapsed_ms: float, **extra: object) -> None:
     """The one access-log line of a request, and its metrics."""
-    metrics = current_app.extensions.get("nvllm.metrics")
+    extra = {**g.get("log_fields", {}), **extra}
+    # None before the app's registry has its metrics (the factory's own steps).
+    metrics = getattr(current_app.extensions.get("nvllm"), "metrics", None)
     if metrics is not None:
-        metrics.observe_request(request.endpoint or "unmatched", status, elapsed_ms / 1000)
-    fields = " ".join(f"{k}={v}" for k, v in extra.items())
+        v1 = request.path.startswith("/v1/")
+        metrics.observe_request(request.endpoint or "unmatched", status, elapsed_ms / 1000,
+                                v1_path=request.path if v1 else None, model=extra.get("model"))
+    fields = " ".join(f"{k}={_text(v)}" for k, v in extra.items())
     access_log.info(
         "%s %s %d %.1fms%s",
         request.method,
@@ -70,3 +84,12 @@ def log_request(status: int, elapsed_ms: float, **extra: object) -> None:
         extra={"http": {"method": request.method, "path": request.path, "status": status,
                         "ms": round(elapsed_ms, 1), **extra}},
     )
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    return text if PLAIN_VALUE.match(text) else json.dumps(text[:256], ensure_ascii=False)

@@ -28,6 +28,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from config import Settings
 from middleware.services import EXTENSION
+from server.metrics_dir import worker_gone
 from server.store import SERVICE, StoreError, open_store
 
 log = logging.getLogger("nvllm.http")
@@ -143,6 +144,7 @@ class NvllmServer(BaseApplication):
             "when_ready": lambda _arbiter: on_ready() if on_ready else None,
             "post_fork": lambda _arbiter, _worker: _quiet_ssl_patch_warning(),
             "worker_exit": lambda _arbiter, worker: close_app(getattr(worker, "wsgi", None)),
+            "child_exit": lambda _arbiter, worker: worker_gone(worker.pid),
         }
         for name, value in options.items():
             self.cfg.set(name, value)
@@ -160,6 +162,7 @@ def close_app(app: Any) -> None:
     if services.prober is not None:
         services.prober.close()
     services.tokens.close()
+    services.aliases.close()
     services.proxy.fleet.close()
     services.stats.close()  # its last second of request statistics
 

@@ -1,9 +1,11 @@
 """Model aliases: editing them, and resolving a client's model name on the hot path.
 
 Every instance reads the aliases from Redis, so all agree; each keeps a copy
-and checks the revision counter at most every `refresh` seconds (one small GET),
-re-reading the aliases only after a write. While Redis is down the last copy
-keeps resolving, and the check backs off.
+and checks the revision counter every `refresh` seconds (one small GET),
+re-reading the aliases only after a write. Once started, the check runs in the
+background, so a request never waits on Redis (a hung one included); before
+that (unit tests, the command line) a read checks when its copy is due. While
+Redis is down the last copy keeps resolving, and the check backs off.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +45,8 @@ class AliasBook:
         self._checked_at = -float("inf")
         self._wait = refresh
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def resolve(self, model: Any) -> str | None:
         """The served model a client's `model` stands for; None when it is no
@@ -53,12 +58,26 @@ class AliasBook:
         return alias.model if alias else None
 
     def aliases(self) -> dict[str, Alias]:
-        self._maybe_refresh()
+        if self._thread is None:
+            self._maybe_refresh()
         return self._aliases
 
     def invalidate(self) -> None:
-        """After a write here: the next read checks Redis at once."""
+        """After a write here (on the admin's request, which may wait): the
+        copy is read again now."""
         self._checked_at = -float("inf")
+        self._maybe_refresh()
+
+    def start(self) -> None:
+        """Check in the background from now on (idempotent)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=_refresh_loop, args=(weakref.ref(self), self._stop, self._refresh),
+                                        name="nvllm-aliases", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
 
     def _maybe_refresh(self) -> None:
         now = self._clock()
@@ -79,6 +98,20 @@ class AliasBook:
         finally:
             self._lock.release()
         self._wait = self._refresh
+
+
+def _refresh_loop(ref: weakref.ReferenceType[AliasBook], stop: threading.Event, delay: float) -> None:
+    """Holds the book only weakly between checks, so a dropped app takes its
+    refresher with it."""
+    while not stop.wait(delay):
+        book = ref()
+        if book is None:
+            return
+        try:
+            book._maybe_refresh()
+        except Exception:  # the refresher must outlive any one bad check
+            log.exception("alias refresh failed")
+        del book
 
 
 def set_alias(book: AliasBook, payload: Any) -> Alias:

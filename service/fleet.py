@@ -70,6 +70,8 @@ class Fleet:
         self._stop = threading.Event()
         self._backoff = refresh_interval
         self.listener = listener
+        # Told (node_id, ejected) when a node is ejected or recovers: metrics count ejections.
+        self.on_breaker: Callable[[str, bool], None] | None = None
 
     # --- reading the view ---
 
@@ -127,6 +129,8 @@ class Fleet:
     def record_success(self, state: NodeState) -> None:
         if state.breaker.success():
             log.info("node %s recovered: back in rotation", state.node_id)
+            if self.on_breaker:
+                self.on_breaker(state.node_id, False)
 
     def record_failure(self, state: NodeState, reason: str) -> None:
         if state.breaker.failure(self._clock()):
@@ -137,6 +141,8 @@ class Fleet:
                 state.breaker.failures,
                 reason,
             )
+            if self.on_breaker:
+                self.on_breaker(state.node_id, True)
 
     def record_inband_load(self, state: NodeState, waiting: int | None, running: int | None,
                            kv_usage: float | None) -> None:

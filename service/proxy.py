@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +16,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from model.errors import NoRoutableNode, TooManyRequests
 from service.adapters import candidates as model_candidates
+from service.answer import AnswerMeter
 from service.fleet import Fleet
 from service.node_state import NodeState
+from service.reasons import reason_category
 from service.routing import Decision, Policy, RouteRequest
 
 log = logging.getLogger("nvllm.proxy")
@@ -61,6 +62,8 @@ class Forwarded:
     node_id: str
     reason: str
     attempts: int
+    # The on_done report of the answer, once its body is done (for the access log).
+    report: dict | None = None
 
 
 class NodeFailed(Exception):
@@ -201,6 +204,7 @@ class Proxy:
         upstream_headers = self._request_headers(headers, trace_id)
         tried: set[str] = set()
         last_cause = "no attempt"
+        route = path.partition("?")[0]
         for attempt in range(1, self.config.retries + 2):
             try:
                 decision = self.select(request, frozenset(tried))
@@ -210,11 +214,13 @@ class Proxy:
                 break
             state = decision.state
             tried.add(state.node_id)
+            about = {"model": request.model, "route": route, "reason": reason_category(decision.kind, attempt)}
             self.fleet.acquire(state)
             started = time.perf_counter()
             ticket = next(self._tickets)
             policy = self.policy
-            policy.sent(ticket, decision, request, stream=stream, now=self.clock())
+            sent_at = self.clock()
+            policy.sent(ticket, decision, request, stream=stream, now=sent_at)
             try:
                 response = self._send(state, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
@@ -222,7 +228,7 @@ class Proxy:
                 self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: {type(exc).__name__}"
                 self.fleet.record_failure(state, type(exc).__name__)
-                self._report(state, 0, f"failed:{type(exc).__name__}", started, request.model)
+                self._report(state, 0, f"failed:{type(exc).__name__}", started, about)
                 log.warning("attempt %d to node %s failed: %s", attempt, state.node_id, type(exc).__name__)
                 continue
             if response.status in FAILURE_STATUSES:
@@ -238,19 +244,21 @@ class Proxy:
                 response.release_conn()
                 self._abandon(ticket, state)
                 last_cause = f"{state.node_id}: HTTP {response.status}"
-                self._report(state, response.status, f"retried:{response.status}", started, request.model)
+                self._report(state, response.status, f"retried:{response.status}", started, about)
                 log.warning("attempt %d to node %s answered %d", attempt, state.node_id, response.status)
                 continue
             policy.answered(ticket, self.clock())
             self._read_load(state, response)
-            return Forwarded(
+            answer = Forwarded(
                 status=response.status,
                 headers=self._response_headers(response),
-                body=self._relay(state, response, stream, started, first, ticket, request.model),
+                body=iter(()),
                 node_id=state.node_id,
                 reason=decision.reason,
                 attempts=attempt,
             )
+            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer, sent_at)
+            return answer
         raise NodeFailed(last_cause, len(tried))
 
     def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
@@ -297,7 +305,7 @@ class Proxy:
 
     def _relay(
         self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1,
-        model: str | None = None,
+        about: dict | None = None, answer: Forwarded | None = None, sent_at: float = 0.0,
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
@@ -307,10 +315,10 @@ class Proxy:
         events = 0
         outcome = "ok"
         policy, clock = self.policy, self.clock
-        tail = b""  # the answer's last bytes: where its usage is
-        # A chat stream opens with an event that carries the role, no token.
-        role = stream and b'"role"' in first.split(b"\n\n", 1)[0]
-        token_at = 0.0  # when the first token came (perf_counter, as `started`)
+        meter = AnswerMeter()
+        # In the routing clock: when the first token came, and the last event.
+        first_at = last_at = 0.0
+        first_events = 0
         try:
             chunk = first if stream else response.read1(65536)
             while chunk:
@@ -322,11 +330,11 @@ class Proxy:
                         now = clock()
                         before, events = events, events + seen
                         policy.progress(ticket, events - 1, now)
+                        last_at = now
                         if before < 2 <= events:
                             policy.first_token(ticket, now)
-                        if not token_at and events > role:
-                            token_at = time.perf_counter()
-                tail = (tail + chunk)[-USAGE_TAIL:]
+                            first_at, first_events = now, events
+                meter.feed(chunk)
                 yield chunk
                 chunk = response.read1(65536)
             complete = True
@@ -348,9 +356,14 @@ class Proxy:
             else:
                 _discard(response)
             self.fleet.release(state)
-            self._report(state, response.status, outcome, started, model,
-                         ttft=token_at - started if token_at else None,
-                         output_tokens=output_tokens(tail, events - role if stream else None))
+            report = self._report(
+                state, response.status, outcome, started, about or {},
+                ttft=first_at - sent_at if first_events else None,
+                itl=(last_at - first_at) / (events - first_events) if first_events and events > first_events else None,
+                output_tokens=meter.output_tokens(events if stream else None),
+            )
+            if answer is not None:
+                answer.report = report
 
     def _abandon(self, ticket: int, state: NodeState) -> None:
         """An attempt given up before the client saw any of it."""
@@ -359,20 +372,27 @@ class Proxy:
         self.policy.done(ticket, now)
         self.fleet.release(state)
 
-    def _report(self, state: NodeState, status: int, outcome: str, started: float, model: str | None,
-                *, ttft: float | None = None, output_tokens: int = 0) -> None:
+    def _report(self, state: NodeState, status: int, outcome: str, started: float, about: dict,
+                *, ttft: float | None = None, itl: float | None = None, output_tokens: int = 0) -> dict:
+        """What one attempt came to, for metrics and the access log. `about`
+        carries the request's model, route (the forwarded path without its
+        query) and routing reason category; ttft and itl (mean seconds between
+        tokens) are None when not measured (a whole answer, a failed attempt)."""
+        report = {
+            "node": state.node_id,
+            "status": status,
+            "outcome": outcome,
+            "seconds": time.perf_counter() - started,
+            "model": about.get("model"),
+            "route": about.get("route", ""),
+            "reason": about.get("reason", ""),
+            "ttft": ttft,
+            "itl": itl,
+            "output_tokens": output_tokens,
+        }
         if self._on_done:
-            self._on_done(
-                {
-                    "node": state.node_id,
-                    "status": status,
-                    "outcome": outcome,
-                    "seconds": time.perf_counter() - started,
-                    "model": model,
-                    "ttft": ttft,
-                    "output_tokens": output_tokens,
-                }
-            )
+            self._on_done(report)
+        return report
 
     def _read_load(self, state: NodeState, response) -> None:
         value = response.headers.get(LOAD_HEADER)
@@ -390,23 +410,6 @@ class Proxy:
     @staticmethod
     def _response_headers(response) -> list[tuple[str, str]]:
         return [(k, v) for k, v in response.headers.items() if k.lower() in FORWARD_RESPONSE]
-
-
-USAGE_TAIL = 1024  # bytes kept of an answer's end: its usage object is in them
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-
-
-def output_tokens(tail: bytes, events: int | None) -> int:
-    """Tokens a node generated for one answer: the last `completion_tokens`
-    its usage reported (a whole answer always has one; a stream when asked
-    with stream_options.include_usage), else, for a stream, its events less the
-    final [DONE] (`events` counted without a chat stream's role event)."""
-    found = _COMPLETION_TOKENS.findall(tail)
-    if found:
-        return int(found[-1])
-    if events is None:
-        return 0
-    return max(0, events - (1 if b"[DONE]" in tail else 0))
 
 
 def _discard(response) -> None:
