@@ -10,7 +10,10 @@ from pathlib import Path
 
 from flask import Blueprint, Response, redirect, send_from_directory
 
+from model.errors import NotFound
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+ASSETS = frozenset({"dashboard.js", "dashboard.css"})
 
 bp = Blueprint("dashboard", __name__)
 
@@ -37,7 +40,9 @@ def dashboard() -> Response:
 
 @bp.get("/static/<file>")
 def static(file: str) -> Response:
-    """The dashboard's script and style; send_from_directory refuses any path outside static/."""
+    """The dashboard's script and style, and nothing else from static/."""
+    if file not in ASSETS:
+        raise NotFound(f"no such file: {file[:64]!r}")
     return send_from_directory(STATIC_DIR, file, max_age=60)
 
 

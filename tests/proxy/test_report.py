@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from service.proxy import output_tokens
 from tests.proxy.conftest import wait_for
 
 pytestmark = pytest.mark.integration  # a live nvllm and fake vLLM servers
@@ -51,13 +50,6 @@ def test_reports_carry_model_first_token_time_and_output_tokens(nvllm, start_fak
     assert text_stream["output_tokens"] == 4 and text_stream["ttft"] > 0  # no role event in a text stream
     assert not_streamed["output_tokens"] == 6  # from the answer's usage
     assert not_streamed["ttft"] is None  # a whole answer shows no first token
-
-
-def test_output_tokens_prefer_the_reported_usage():
-    tail = b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 12}}\n\ndata: [DONE]\n\n'
-    assert output_tokens(tail, 15) == 12
-    assert output_tokens(b"data: x\n\ndata: [DONE]\n\n", 9) == 8
-    assert output_tokens(b'{"choices": []}', None) == 0
 
 
 def test_two_instances_show_the_same_statistics(start_nvllm, start_fake):
