@@ -229,6 +229,10 @@ class Settings:
         "NVLLM_MAX_UPLOAD_BODY", _int(1024, 1 << 31), 32 * 1024 * 1024,
         "largest /v1 multipart/form-data body (audio uploads), bytes",
     )
+    response_ttl: int = _env(
+        "NVLLM_RESPONSE_TTL", _int(60, 30 * 86400), 86400,
+        "how long nvllm remembers which node holds a stored response (Responses API), s",
+    )
     max_inflight_per_user: int = _env(
         "NVLLM_MAX_INFLIGHT_PER_USER", _int(0, 1_000_000), 256,
         "/v1 requests one user may have in flight in one worker process; 0 = no cap",

@@ -85,6 +85,7 @@ def init_balancer(settings: Settings, services: Services) -> None:
     from service.netpolicy import NetworkPolicy
     from service.probe import bounded_get
     from service.proxy import Proxy, UpstreamConfig
+    from service.responses import ResponseAffinity
     from service.routing import make_policy
 
     http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
@@ -121,6 +122,7 @@ def init_balancer(settings: Settings, services: Services) -> None:
         retries=settings.upstream_retries,
         api_key=settings.upstream_api_key,
     )
+    services.affinity = ResponseAffinity(services.responses, settings.response_ttl)
     services.lora = LoraCaller(
         http, netpolicy, settings.upstream_api_key,
         connect_timeout=settings.upstream_connect_timeout, read_timeout=settings.upstream_read_timeout,

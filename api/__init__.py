@@ -24,6 +24,7 @@ def register_blueprints(app: Flask) -> None:
     from api.health import bp as health_bp
     from api.node import bp as node_bp
     from api.proxy import bp as proxy_bp
+    from api.proxy import root_bp as proxy_root_bp
     from api.realtime import bp as realtime_bp
     from api.stats import bp as stats_bp
     from api.user import bp as user_bp
@@ -34,6 +35,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(stats_bp)
     app.register_blueprint(realtime_bp)
     app.register_blueprint(proxy_bp)
+    app.register_blueprint(proxy_root_bp)
     app.register_blueprint(adapter_bp)
     app.register_blueprint(alias_bp)
     app.register_blueprint(docs_bp)

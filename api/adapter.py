@@ -26,12 +26,14 @@ def _caller() -> lora.LoraCaller:
 @bp.get("/all")
 @require_role("admin")
 def all_adapters() -> Response:
+    """Every LoRA adapter on a live node: its lineage, the nodes holding it, where it is active now."""
     return ok(lora.fleet_adapters(_fleet(), services().clock()))
 
 
 @bp.post("/load")
 @require_role("admin")
 def load() -> Response:
+    """vLLM's /v1/load_lora_adapter on every live node of `base_model`; the result per node."""
     change = AdapterChange.from_payload(json_body(), load=True)
     stores = services()
     return ok(lora.change(_caller(), _fleet(), stores.nodes, change, load=True, now=stores.clock()))
@@ -40,6 +42,7 @@ def load() -> Response:
 @bp.post("/unload")
 @require_role("admin")
 def unload() -> Response:
+    """vLLM's /v1/unload_lora_adapter on the nodes of `base_model`, or on every live node holding it."""
     change = AdapterChange.from_payload(json_body(), load=False)
     stores = services()
     return ok(lora.change(_caller(), _fleet(), stores.nodes, change, load=False, now=stores.clock()))

@@ -20,12 +20,14 @@ def _book() -> AliasBook:
 @bp.get("/all")
 @require_role("admin")
 def all_aliases() -> Response:
+    """Every alias, sorted: `{"alias", "model", "listed"}`."""
     return ok([a.to_dict() for a in aliases.list_aliases(_book())])
 
 
 @bp.post("/set")
 @require_role("admin")
 def set_alias() -> Response:
+    """Create or replace an alias; 409 when it would chain to another alias."""
     return ok(aliases.set_alias(_book(), json_body()).to_dict())
 
 
@@ -33,5 +35,6 @@ def set_alias() -> Response:
 @bp.delete("/delete/<path:name>")
 @require_role("admin")
 def delete(name: str) -> Response:
+    """Remove an alias (its name may hold `/`); 404 when there is none."""
     aliases.delete_alias(_book(), name)
     return ok({"alias": name})

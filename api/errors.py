@@ -9,14 +9,17 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from middleware.trace import current_trace_id
-from model.base import error, openai_error
+from model.base import anthropic_error, error, openai_error
 from model.errors import NvllmError, StorageUnavailable
+from service import routes
 
 log = logging.getLogger("nvllm.errors")
 
 
 def _body(code: int, text: str) -> dict:
-    if request.path.startswith("/v1"):
+    if routes.is_anthropic(request.path):
+        return anthropic_error(code, text)
+    if routes.is_forwarded(request.path):
         return openai_error(code, text)
     return error(code, text, current_trace_id())
 

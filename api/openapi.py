@@ -13,9 +13,14 @@ from typing import Any
 
 from flask import Flask
 
+from model.adapter import ADAPTER_LOAD, ADAPTER_UNLOAD
+from model.alias import ALIAS_NAME, ALIAS_SET
 from model.node import NODE_FIELDS, NODE_FILTERS, NODE_ID, NODE_INFO, NODE_UPDATE_FIELDS, SELECT_QUERY
 from model.schema import Fields, Rule, Text
 from model.user import JTI, LOGIN, NEW_USER, ROLE, TOKEN_REQUEST, USER_CHANGES, USERNAME, Role
+from service import routes
+from service.routes import Route
+from service.shape import RESPONSE_ID
 
 OPENAPI_VERSION = "3.1.0"
 PARAMETER = r"<(?:[^:<>]+:)?([^<>]+)>"  # a werkzeug rule's <converter:name>
@@ -88,6 +93,19 @@ OPENAI_ERROR = {
     },
     "required": ["error"],
 }
+ANTHROPIC_ERROR = {
+    "type": "object",
+    "description": "Anthropic's error shape, so the Anthropic SDK reports nvllm's /v1/messages errors well.",
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}, "message": {"type": "string", "minLength": 1}},
+            "required": ["type", "message"],
+        },
+    },
+    "required": ["type", "error"],
+}
 
 
 def _obj(properties: Mapping[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -104,7 +122,9 @@ _node_fields["node_info"] = _obj(
 )
 NODE = _obj(
     {**_node_fields, "create_time": TIME, "update_time": TIME},
-    [k for k in (*NODE_FIELDS.fields, "create_time", "update_time") if k not in ("node_address", "node_port")],
+    # adapters: listed only when the node has some.
+    [k for k in (*NODE_FIELDS.fields, "create_time", "update_time")
+     if k not in ("node_address", "node_port", "adapters")],
     description="A node. The user role sees no node_address and node_port.",
 )
 NODE_STATUS_DATA = {
@@ -167,8 +187,26 @@ MODEL_LIST = _obj(
         "data": {
             "type": "array",
             "items": _obj({"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
-                           "owned_by": {"type": "string"}}),
+                           "owned_by": {"type": "string"},
+                           "root": {"type": "string", "description": "a base model's own name, where vLLM loaded "
+                                    "an adapter from, or the model an alias stands for"},
+                           "parent": {"type": ["string", "null"], "description": "an adapter's base model"}}),
         },
+    }
+)
+ALIAS = _obj({k: r.documented() for k, r in ALIAS_SET.fields.items()})
+_node_ids = {"type": "array", "items": NODE_ID.documented()}
+ADAPTER = _obj({"id": {"type": "string"}, "parent": {"type": "string"}, "root": {"type": "string"},
+                "nodes": _node_ids, "active_on": {**_node_ids, "description": "where vLLM runs or queues it now"}})
+ADAPTER_RESULT = _obj(
+    {
+        "lora_name": {"type": "string"},
+        "base_model": {"type": ["string", "null"]},
+        "ok": {"type": "boolean", "description": "every node took the change"},
+        "nodes": {"type": "array", "items": _obj({
+            "node_id": NODE_ID.documented(), "ok": {"type": "boolean"},
+            "status": {"type": "integer", "description": "the node's HTTP status; 0: no connection"},
+            "message": {"type": "string", "description": "the node's answer, shortened"}})},
     }
 )
 FORWARDED_BODY = {
@@ -189,7 +227,9 @@ PATH_PARAMETERS: dict[str, Rule] = {
     "jti": JTI,
     "subpath": SEGMENT,
     "asset": Text(r"[A-Za-z0-9._-]+", "", description="A file of Swagger UI."),
-    "name": Text(description="A model alias, as clients name it."),
+    "name": ALIAS_NAME,
+    "response_id": Text(RESPONSE_ID.pattern, "not a response id (1-128 of A-Za-z0-9_-)",
+                        description="A stored response's id (resp_...)."),
     "file": Text(r"[A-Za-z0-9._-]+", "", description="A file of the dashboard (static/)."),
 }
 
@@ -209,6 +249,10 @@ class Operation:
     errors: tuple[int, ...] = ()
     envelope: bool = True  # errors in the seed's envelope (else OpenAI's shape)
     tag: str = "nodes"
+    forwarded: bool = False  # the node's answer, passed through
+    anthropic: bool = False  # errors in Anthropic's shape
+    form: Mapping[str, Any] | None = None  # a multipart/form-data body (else JSON)
+    bodiless: bool = False
 
 
 ANY_TEXT = {"type": "string"}
@@ -253,6 +297,18 @@ OPERATIONS: dict[str, Operation] = {
                                 media="text/plain", errors=(401, 403), tag="operations"),
     "proxy.models": Operation("The models of the routable nodes", answer=MODEL_LIST, envelope=False,
                               tag="openai"),
+    "adapter.all_adapters": Operation("Every LoRA adapter on a live node: lineage, holders, where active",
+                                      data={"type": "array", "items": ADAPTER}, tag="models"),
+    "adapter.load": Operation("Load a LoRA adapter on every live node of a base model", ADAPTER_LOAD,
+                              data=ADAPTER_RESULT, errors=(404,), tag="models"),
+    "adapter.unload": Operation("Unload a LoRA adapter (from a base model's nodes, or every node holding it)",
+                                ADAPTER_UNLOAD, data=ADAPTER_RESULT, errors=(404,), tag="models"),
+    "alias.all_aliases": Operation("Every model alias, sorted", data={"type": "array", "items": ALIAS},
+                                   tag="models"),
+    "alias.set_alias": Operation("Create or replace a model alias", ALIAS_SET, data=ALIAS, errors=(409,),
+                                 tag="models"),
+    "alias.delete": Operation("Remove a model alias", data=_obj({"alias": ALIAS_NAME.documented()}),
+                              errors=(404,), tag="models"),
     "docs.openapi": Operation("This description", answer={"type": "object"}, tag="operations"),
     "docs.ui": Operation("Swagger UI for this description", answer=ANY_TEXT, media="text/html",
                          tag="operations"),
@@ -266,7 +322,64 @@ FORWARDED = Operation(
     errors=(400, 401, 403, 413, 429, 502, 503),
     envelope=False,
     tag="openai",
+    forwarded=True,
 )
+_BY_MODEL = "routed by model, prompt affinity and load"
+_PINNED = "from the node holding it (it was created there)"
+# service/routes.py's table, each route as clients know it.
+ROUTE_SUMMARIES: dict[tuple[str, str], str] = {
+    ("POST", "/v1/chat/completions"): f"Chat completions, {_BY_MODEL}",
+    ("POST", "/v1/completions"): f"Completions, {_BY_MODEL}",
+    ("POST", "/v1/embeddings"): f"Embeddings, {_BY_MODEL}",
+    ("POST", "/v1/responses"): "Create a response (Responses API); with previous_response_id it goes to the node "
+    "holding that one",
+    ("GET", "/v1/responses/{response_id}"): f"Retrieve a stored response, {_PINNED}",
+    ("DELETE", "/v1/responses/{response_id}"): f"Delete a stored response, {_PINNED}",
+    ("POST", "/v1/responses/{response_id}/cancel"): f"Cancel a background response, {_PINNED}",
+    ("GET", "/v1/responses/{response_id}/input_items"): f"A stored response's input items, {_PINNED}",
+    ("POST", "/v1/audio/transcriptions"): "Transcribe an audio upload, routed by the form's model",
+    ("POST", "/v1/audio/translations"): "Translate an audio upload into English, routed by the form's model",
+    ("POST", "/v1/messages"): f"Anthropic's Messages API, {_BY_MODEL}",
+    ("POST", "/v1/messages/count_tokens"): "Anthropic's token count of a Messages request",
+    ("POST", "/v1/rerank"): "Rerank documents against a query (vLLM)",
+    ("POST", "/rerank"): "Rerank documents against a query (vLLM)",
+    ("POST", "/v2/rerank"): "Rerank documents against a query, Cohere's v2 shape (vLLM)",
+    ("POST", "/v2/embed"): "Embeddings, Cohere's v2 shape (vLLM)",
+    ("POST", "/score"): "Score text pairs (vLLM)",
+    ("POST", "/v1/score"): "Score text pairs (vLLM)",
+    ("POST", "/classify"): "Classify texts (vLLM)",
+    ("POST", "/pooling"): "A pooling model's raw output (vLLM)",
+    ("POST", "/tokenize"): "Tokenize a prompt or chat messages (vLLM)",
+    ("POST", "/detokenize"): "Token ids back to text (vLLM)",
+    ("POST", "/invocations"): "SageMaker's entry point: a chat, completion or embeddings body (vLLM)",
+}
+AUDIO_FORM = {
+    "type": "object",
+    "description": "Only `model` and `stream` are read by nvllm; the file is forwarded unread.",
+    "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream"},
+                   "model": {"type": "string"}, "stream": {"type": "string", "enum": ["true", "false"]}},
+    "required": ["file", "model"],
+}
+
+
+def route_operation(route: Route, method: str) -> Operation:
+    """A route of service/routes.py's table, described as clients call it."""
+    return Operation(
+        ROUTE_SUMMARIES.get((method, route.path), FORWARDED.summary),
+        answer=FORWARDED.answer,
+        media="*/*",
+        errors=FORWARDED.errors + ((404,) if "{" in route.path else ()),
+        envelope=False,
+        tag="anthropic" if route.anthropic else "openai",
+        forwarded=True,
+        anthropic=route.anthropic,
+        form=AUDIO_FORM if route.path.startswith("/v1/audio/") else None,
+        bodiless=method in ("GET", "DELETE") or route.path.endswith("/cancel"),
+    )
+
+
+def _table_route(rule: str) -> Route | None:
+    return next((r for r in routes.ROUTES if r.path == rule), None)
 
 
 def build_document(app: Flask) -> dict[str, Any]:
@@ -286,6 +399,15 @@ def build_document(app: Flask) -> dict[str, Any]:
             view = app.view_functions[rule.endpoint]
             for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
                 paths.setdefault(path, {})[method.lower()] = describe(rule.endpoint, rule.rule, method, view, names)
+    # The table's routes under /v1 share one view (the pass-through); each is
+    # described on its own, as the SDKs call it.
+    forward = app.view_functions.get("proxy.forward")
+    for route in routes.ROUTES if forward is not None else ():
+        if route.path.startswith("/v1/"):
+            rule = re.sub(r"\{([^}]+)\}", r"<\1>", route.path)
+            for method in sorted(route.methods):
+                paths.setdefault(route.path, {})[method.lower()] = describe(
+                    "proxy.forward", rule, method, forward, _path_names(rule), route_operation(route, method))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -296,29 +418,36 @@ def build_document(app: Flask) -> dict[str, Any]:
             "POST /api/user/login and send the token as `Authorization: Bearer <token>`. Roles: "
             "admin > worker > user, each may do what the roles below it may.",
         },
-        "tags": [{"name": n} for n in ("users", "nodes", "openai", "operations")],
+        "tags": [{"name": n} for n in ("users", "nodes", "models", "openai", "anthropic", "operations")],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {"Error": ERROR_ENVELOPE, "OpenAIError": OPENAI_ERROR},
+            "schemas": {"Error": ERROR_ENVELOPE, "OpenAIError": OPENAI_ERROR, "AnthropicError": ANTHROPIC_ERROR},
             "headers": {"X-Trace-ID": {"description": "The request's trace id (echoed when sent)",
                                        "schema": TRACE_ID}},
         },
     }
 
 
-def describe(endpoint: str, rule: str, method: str, view: Any, names: list[str]) -> dict[str, Any]:
-    """One operation: the table's entry, the view's docstring and its role;
-    `names` are its path parameters' names in the document."""
-    op = OPERATIONS.get(endpoint) or (FORWARDED if rule.startswith("/v1/") else None)
+def describe(endpoint: str, rule: str, method: str, view: Any, names: list[str],
+             op: Operation | None = None) -> dict[str, Any]:
+    """One operation: the table's entry (or `op`), the view's docstring and its
+    role; `names` are its path parameters' names in the document."""
+    if op is None:
+        route = _table_route(rule)
+        op = OPERATIONS.get(endpoint) or (
+            route_operation(route, method) if route else FORWARDED if rule.startswith("/v1/") else None)
     doc = inspect.getdoc(view) or ""
     role: Role | None = getattr(view, "nvllm_role", None)
     summary = op.summary if op else doc.split("\n", 1)[0]
     text = [doc] if doc and doc.split("\n", 1)[0] != summary else []
     if role is not None:
         text.append(f"Role: {role.value} or above.")
+    # The table's routes share the pass-through view: their path tells them apart.
+    named = endpoint + (re.sub(r"[^A-Za-z0-9]+", "_", rule) if endpoint == "proxy.forward" and op is not FORWARDED
+                        else "")
     out: dict[str, Any] = {
-        "operationId": f"{endpoint}.{method.lower()}",
+        "operationId": f"{named}.{method.lower()}",
         "summary": summary,
         "description": "\n\n".join(text) or summary,
         "tags": [op.tag if op else "pages"],
@@ -336,8 +465,9 @@ def describe(endpoint: str, rule: str, method: str, view: Any, names: list[str])
     if op.body is not None:
         out["requestBody"] = {"required": False, "content": {JSON: {"schema": op.body.documented()}},
                               "description": "JSON; an empty body counts as {}."}
-    elif op is FORWARDED:
-        out["requestBody"] = {"required": True, "content": {JSON: {"schema": FORWARDED_BODY}}}
+    elif op.forwarded and not op.bodiless and method not in ("GET", "DELETE"):
+        media = {"multipart/form-data": {"schema": dict(op.form)}} if op.form else {JSON: {"schema": FORWARDED_BODY}}
+        out["requestBody"] = {"required": True, "content": media}
     out["responses"] = _responses(op, role, rule)
     return out
 
@@ -354,7 +484,7 @@ def _responses(op: Operation, role: Role | None, rule: str) -> dict[str, Any]:
     headers = {"X-Trace-ID": {"$ref": "#/components/headers/X-Trace-ID"}}
     if op.data is not None:
         ok = {"description": "success", "headers": headers, "content": {JSON: {"schema": envelope(op.data)}}}
-    elif op is FORWARDED:
+    elif op.forwarded:
         ok = {"description": "The node's answer: JSON, or server-sent events when `stream` is true.",
               "headers": headers, "content": {JSON: {}, "text/event-stream": {}}}
     else:
@@ -367,13 +497,17 @@ def _responses(op: Operation, role: Role | None, rule: str) -> dict[str, Any]:
         codes |= set(AUTH_ERRORS)
     if _path_names(rule):
         codes |= {400, 404}
-    error = "#/components/schemas/" + ("Error" if op.envelope else "OpenAIError")
+    error: dict[str, Any] = {"$ref": "#/components/schemas/" + ("Error" if op.envelope else "OpenAIError")}
+    if op.anthropic:
+        # nvllm's own errors are Anthropic's shape; a node's own pass on as it
+        # came, and vLLM answers some of them (a body it cannot parse) in OpenAI's.
+        error = {"anyOf": [{"$ref": "#/components/schemas/AnthropicError"}, error]}
     for code in sorted(codes):
-        content: dict[str, Any] = {JSON: {"schema": {"$ref": error}}}
-        if op is FORWARDED and code < 500:
+        content: dict[str, Any] = {JSON: {"schema": error}}
+        if op.forwarded and code < 500:
             content["*/*"] = {}  # or the node's own answer with that status, passed on
         responses[str(code)] = {"description": ERRORS[code], "headers": headers, "content": content}
-    if op is FORWARDED:
+    if op.forwarded:
         responses["4XX"] = {"description": "The node's own answer, passed on as it came (nvllm's own errors "
                             "are in OpenAI's shape, as above).", "content": {"*/*": {}}}
     return responses

@@ -43,6 +43,11 @@ class Keys:
         """String with TTL: the instance that polls this node this interval."""
         return self._key("probe", node_id)
 
+    # stored responses (the Responses API)
+    def response_node(self, response_id: str) -> str:
+        """String with TTL: the node that created this response id and holds
+        it in its memory (dao/responses.py)."""
+        return self._key("response", response_id)
     # model aliases
     def aliases(self) -> str:
         """Hash: client-facing alias -> the served model it stands for."""

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from fakevllm import apis, realtime
 from fakevllm import protocol as p
-from fakevllm import realtime
 from fakevllm.engine import Engine, Seq, block_hashes
 from fakevllm.lora import Loras
 from fakevllm.metrics import VLLMCollector, make_registry, orca_header, render
@@ -30,7 +30,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAULT_MODES = (None, "down", "refuse", "error500", "unhealthy", "slow", "hang", "busy429")
 SLOWDOWN = 10.0
 ORCA_FORMAT_HEADER = "endpoint-load-metrics-format"
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}) | apis.INFERENCE_PATHS
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
@@ -87,6 +87,7 @@ class FakeServer:
         max_model_len: int | None = None,
         default_max_tokens: int = 16,
         embedding_dim: int = 64,
+        responses_store: bool | None = None,
         lora_modules: dict[str, str] | None = None,
         max_loras: int = 1,
         runtime_lora_updating: bool = False,
@@ -102,6 +103,8 @@ class FakeServer:
         self.default_max_tokens = default_max_tokens
         self.embedding_dim = embedding_dim
         self.fault: str | None = None
+        # None: as vLLM, VLLM_ENABLE_RESPONSES_API_STORE=1 in the environment turns the store on.
+        self.apis = apis.Apis(self, responses_store)
         self.counters = ServerStats()
         self.loras = Loras(lora_modules, self.models[0], max_loras=max_loras,
                            runtime_updating=runtime_lora_updating)
@@ -120,12 +123,14 @@ class FakeServer:
     async def start(self) -> None:
         """Listen; after a stop() this serves again on the same port, like a restarted server."""
         self._stopping = False
+        self.apis.reset()
         app = web.Application(middlewares=[self._gate], client_max_size=64 * 2**20)
         app.add_routes([
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/completions", self._completions),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
+            *self.apis.routes(),
             web.get("/v1/realtime", self._realtime),
             *self.loras.routes(),
             web.get("/health", self._health),
@@ -257,6 +262,8 @@ class FakeServer:
         if not isinstance(body, dict):
             raise p.BadRequest("The request body must be a JSON object")
         model = body.get("model") or self.models[0]
+        if not isinstance(model, str):  # vLLM's request models refuse it (pydantic)
+            raise p.BadRequest("model: Input should be a valid string")
         if not self._serves(model):
             raise ApiError(404, "NotFoundError", f"The model `{model}` does not exist.", param="model")
         return body, model

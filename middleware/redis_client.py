@@ -17,6 +17,7 @@ from config import Settings
 from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
+from dao.responses import ResponseStore
 from dao.storage import Storage
 from dao.user import UserStore
 from middleware.services import Services, install
@@ -83,6 +84,7 @@ def init_redis(
         tokens=TokenService(
             users, _secret_source(settings, users), max_stale=settings.auth_max_stale, clock=clock
         ),
+        responses=ResponseStore(client, keys),
         clock=clock,
     )
     return install(app, built)

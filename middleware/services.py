@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
+from dao.responses import ResponseStore
 from dao.stats import StatsStore
 from dao.storage import Storage
 from dao.user import UserStore
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from service.netpolicy import NetworkPolicy
     from service.probe import Prober
     from service.proxy import Proxy, UserSlots
+    from service.responses import ResponseAffinity
     from service.stats import StatsRecorder
 
 EXTENSION = "nvllm"
@@ -43,6 +45,7 @@ class Services:
     inflight: InflightStore
     users: UserStore
     tokens: TokenService
+    responses: ResponseStore
     clock: Callable[[], float]
     user_slots: UserSlots = field(init=False)
     netpolicy: NetworkPolicy = field(init=False)
@@ -50,6 +53,7 @@ class Services:
     metrics: BalancerMetrics = field(init=False)
     lora: LoraCaller = field(init=False)
     aliases: AliasBook = field(init=False)
+    affinity: ResponseAffinity = field(init=False)
     stats_store: StatsStore = field(init=False)
     stats: StatsRecorder = field(init=False)
     prober: Prober | None = None

@@ -70,9 +70,8 @@ def log_request(status: int, elapsed_ms: float, **extra: object) -> None:
     # None before the app's registry has its metrics (the factory's own steps).
     metrics = getattr(current_app.extensions.get("nvllm"), "metrics", None)
     if metrics is not None:
-        v1 = request.path.startswith("/v1/")
         metrics.observe_request(request.endpoint or "unmatched", status, elapsed_ms / 1000,
-                                v1_path=request.path if v1 else None, model=extra.get("model"))
+                                path=request.path, model=extra.get("model"))
     fields = " ".join(f"{k}={_text(v)}" for k, v in extra.items())
     access_log.info(
         "%s %s %d %.1fms%s",

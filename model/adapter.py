@@ -2,8 +2,8 @@
 adapters its engine is running or queueing now.
 
 Shared by the agent (its heartbeats), service/probe.py (polling nodes that have
-no agent) and the balancer; it imports nothing but the standard library and
-model/errors.py, so the agent can carry it.
+no agent) and the balancer; it imports nothing but the standard library,
+model/errors.py and model/schema.py (standard library only), so the agent can carry it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.errors import ValidationError
+from model.schema import Fields, Text
 
 MAX_ADAPTERS = 128  # per node; a node's record must fit the 64 KiB /api body
 MAX_NAME = 256
@@ -120,6 +121,27 @@ def split_label(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()][:MAX_ADAPTERS]
 
 
+def _name_rule(limit: int, description: str) -> Text:
+    """The rule _name applies, as a schema rule: the same checks and errors."""
+    error = f"must be a string of 1-{limit} characters"
+    return Text(r"[^\x00-\x1f]*", "may not hold control characters", min_length=1, max_length=limit,
+                type_error=error, short_error=error, long_error=error, description=description)
+
+
+_LORA_NAME = _name_rule(MAX_NAME, "The adapter's name, as clients will send it in `model`.")
+_BASE_MODEL = _name_rule(MAX_NAME, "The base model: the adapter goes to every live node serving it.")
+ADAPTER_LOAD = Fields(
+    {"lora_name": _LORA_NAME, "base_model": _BASE_MODEL,
+     "lora_path": _name_rule(MAX_ROOT, "Where each node loads it from (a path on the node, as vLLM takes it).")},
+    required=("lora_name", "base_model", "lora_path"),
+)
+ADAPTER_UNLOAD = Fields(
+    {"lora_name": _LORA_NAME,
+     "base_model": _name_rule(MAX_NAME, "Only on the nodes of this base model (default: every node holding it).")},
+    required=("lora_name",),
+)
+
+
 @dataclass(frozen=True)
 class AdapterChange:
     """An admin's request to load or unload an adapter on the nodes of a base model."""
@@ -132,22 +154,8 @@ class AdapterChange:
     def from_payload(cls, payload: Any, *, load: bool) -> AdapterChange:
         """{"lora_name", "base_model", "lora_path"} for a load; an unload needs
         only lora_name (base_model narrows it). Unknown fields are rejected."""
-        if not isinstance(payload, dict):
-            raise ValidationError("body", "must be a JSON object")
-        allowed = ("lora_name", "base_model", "lora_path") if load else ("lora_name", "base_model")
-        for key in payload:
-            if key not in allowed:
-                raise ValidationError(key, "unknown field")
-        for key in ("base_model", "lora_path") if load else ():
-            if key not in payload:
-                raise ValidationError(key, "is required")
-        base = payload.get("base_model")
-        path = payload.get("lora_path")
-        return cls(
-            lora_name=_name("lora_name", payload.get("lora_name")),
-            base_model=None if base is None else _name("base_model", base),
-            lora_path=None if path is None else _name("lora_path", path, MAX_ROOT),
-        )
+        clean = (ADAPTER_LOAD if load else ADAPTER_UNLOAD).check(None, payload)
+        return cls(clean["lora_name"], clean.get("base_model"), clean.get("lora_path"))
 
     def to_vllm(self) -> dict[str, str]:
         """The body of vLLM's /v1/load_lora_adapter or /v1/unload_lora_adapter."""

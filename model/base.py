@@ -36,3 +36,18 @@ def openai_error(code: int, text: str) -> dict[str, Any]:
         429: "rate_limit_error",
     }
     return {"error": {"message": text, "type": kinds.get(code, "server_error"), "code": code}}
+
+
+def anthropic_error(code: int, text: str) -> dict[str, Any]:
+    """The Anthropic error shape, so the Anthropic SDK reports /v1/messages errors well."""
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        405: "invalid_request_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+    }
+    return {"type": "error", "error": {"type": kinds.get(code, "api_error"), "message": text}}

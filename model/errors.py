@@ -9,7 +9,9 @@
     │   └── AddressNotAllowed       node_address outside the allowed networks
     ├── NotFound                    404
     │   ├── NodeNotFound
-    │   └── UserNotFound
+    │   ├── UserNotFound
+    │   └── ResponseNotFound        a stored response whose node is gone
+    ├── MethodNotAllowed            405, Allow
     ├── Conflict                    409
     │   └── NodeLimitReached        NVLLM_MAX_NODES(_PER_ACCOUNT) reached
     ├── PayloadTooLarge             413
@@ -92,6 +94,24 @@ class NodeNotFound(NotFound):
 class UserNotFound(NotFound):
     def __init__(self, username: str) -> None:
         super().__init__(f"user {username!r} not found")
+
+
+class ResponseNotFound(NotFound):
+    def __init__(self, response_id: str, why: str) -> None:
+        super().__init__(f"response {response_id!r} cannot be reached: {why}")
+        self.response_id = response_id
+
+
+class MethodNotAllowed(NvllmError):
+    code = 405
+
+    def __init__(self, method: str, allowed: frozenset[str] | set[str]) -> None:
+        super().__init__(f"method {method} not allowed")
+        self.allowed = sorted(allowed)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
 
 
 class Conflict(NvllmError):

@@ -159,6 +159,22 @@ class Text(Rule):
 
 
 @dataclass(frozen=True)
+class Boolean(Rule):
+    """true or false, nothing else (not 1, not "yes")."""
+
+    description: str = ""
+    type_error: str = "must be true or false"
+
+    def check(self, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError(name, self.type_error)
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
+@dataclass(frozen=True)
 class Choice(Rule):
     """One of a few strings."""
 

@@ -34,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from model.node import NodeStatus
+from service import routes
 from service.fleet import Fleet
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -41,13 +42,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 # Inter-token latency: a fast small model to a crowded batch of a large one.
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
-# Label values a client chooses are bounded: a path not in this list counts as
-# "other", a model that no node lists as "other".
-V1_ROUTES = frozenset({
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/models",
-    "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/rerank", "/v1/score", "/v1/classify",
-    "/v1/pooling",
-})
+# Label values a client chooses are bounded: a path not in the route table
+# counts as "other" (service/routes.label), a model that no node lists as "other".
 OTHER = "other"
 MODELS_TTL = 1.0  # seconds the set of listed models is reused before it is read again
 
@@ -180,14 +176,15 @@ class BalancerMetrics:
 
     # --- recording ---
 
-    def observe_request(self, route: str, code: int, seconds: float, *, v1_path: str | None = None,
+    def observe_request(self, route: str, code: int, seconds: float, *, path: str | None = None,
                         model: object = None) -> None:
-        """One answered request. `v1_path` and `model` for /v1 requests."""
+        """One answered request: its endpoint, and for a forwarded path its
+        route and model."""
         self._child(self.requests, route, str(code)).inc()
         self._child(self.latency, route).observe(seconds)
-        if v1_path is not None:
-            path = v1_path if v1_path in V1_ROUTES else OTHER
-            self._child(self.proxy_requests, self._model_label(model), path, str(code)).inc()
+        forwarded = routes.label(path) if path is not None else None
+        if forwarded is not None:
+            self._child(self.proxy_requests, self._model_label(model), forwarded, str(code)).inc()
 
     def observe_upstream(self, done: dict) -> None:
         """The proxy's on_done report of one attempt at a node."""

@@ -23,6 +23,9 @@ def checked_path(path: str, raw_uri: str | None = None) -> str:
         raw_path = urlsplit(raw_uri).path if "://" in raw_uri.split("?", 1)[0] else raw_uri.split("?", 1)[0]
         if "%" in raw_path:
             raise BadRequest("path: percent-encoded characters are not allowed")
+        # A server may read a leading `//x` as a host and hand the app `/x`.
+        if "//" in raw_path:
+            raise BadRequest("path: empty segments are not allowed")
     if not path.startswith("/"):
         raise BadRequest("path: must start with /")
     for segment in path[1:].split("/"):

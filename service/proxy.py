@@ -185,19 +185,22 @@ class Proxy:
         return self.policy.choose(candidates, request, self.clock())
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
-        routable = [s for s in self.fleet.routable() if s.node_id not in exclude]
+        # A request naming a stored response may go only to the node holding it.
+        routable = [s for s in self.fleet.routable()
+                    if s.node_id not in exclude and request.pinned_node in (None, s.node_id)]
         # A LoRA adapter's name narrows the candidates to the nodes holding it.
         return model_candidates(request.model, routable, self.fleet.known())
 
     def forward(
         self,
         path: str,
-        body: bytes,
+        body: bytes | None,
         request: RouteRequest,
         headers: dict[str, str],
         *,
         stream: bool,
         trace_id: str,
+        method: str = "POST",
     ) -> Forwarded:
         """Send to the best node, retrying on others before any byte is
         returned. Raises NoRoutableNode, or NodeFailed when all attempts failed."""
@@ -222,7 +225,7 @@ class Proxy:
             sent_at = self.clock()
             policy.sent(ticket, decision, request, stream=stream, now=sent_at)
             try:
-                response = self._send(state, path, body, upstream_headers, stream)
+                response = self._send(state, method, path, body, upstream_headers, stream)
                 first = self._first_chunk(response) if stream else b""
             except (Urllib3Error, OSError) as exc:
                 self._abandon(ticket, state)
@@ -261,7 +264,8 @@ class Proxy:
             return answer
         raise NodeFailed(last_cause, len(tried))
 
-    def _send(self, state: NodeState, path: str, body: bytes, headers: dict[str, str], stream: bool):
+    def _send(self, state: NodeState, method: str, path: str, body: bytes | None, headers: dict[str, str],
+              stream: bool):
         # The address is checked at every connection, not only at registration:
         # a name can resolve elsewhere by now (DNS rebinding), so the
         # connection goes to the address just checked. A refused one raises
@@ -277,7 +281,7 @@ class Proxy:
         # a whole (non-streamed) answer may take as long as generation.
         first = self.config.stream_timeout if stream else self.config.read_timeout
         response = self.http.urlopen(
-            "POST",
+            method,
             target.base_url + path,
             body=body,
             headers=headers,

@@ -9,7 +9,7 @@ from service.routing.least_inflight import LeastInflightPolicy
 from service.routing.load import LoadPolicy
 from service.routing.policy import Decision, Estimate, Policy
 from service.routing.random_choice import RandomPolicy
-from service.routing.request import RouteRequest, route_request
+from service.routing.request import RouteRequest
 from service.routing.round_robin import RoundRobinPolicy
 
 POLICIES: dict[str, type[Policy]] = {
@@ -19,7 +19,7 @@ POLICIES: dict[str, type[Policy]] = {
     "least_inflight": LeastInflightPolicy,
 }
 
-__all__ = ["POLICIES", "Decision", "Estimate", "Policy", "RouteRequest", "make_policy", "route_request"]
+__all__ = ["POLICIES", "Decision", "Estimate", "Policy", "RouteRequest", "make_policy"]
 
 
 def make_policy(name: str, **options: Any) -> Policy:

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from api.openapi import OPERATIONS, PATH_PARAMETERS
+from model.adapter import ADAPTER_LOAD, ADAPTER_UNLOAD
+from model.alias import ALIAS_SET
 from model.node import NODE_FIELDS, NODE_FILTERS, NODE_UPDATE_FIELDS, SELECT_QUERY
-from model.schema import INTEGER_NOTE, Choice, Custom, Fields, Integer, Items, Number, Rule, Text
+from model.schema import INTEGER_NOTE, Boolean, Choice, Custom, Fields, Integer, Items, Number, Rule, Text
 from model.user import LOGIN, NEW_USER, TOKEN_REQUEST, USER_CHANGES
 from tests.helpers import error_text, is_public
 
@@ -106,6 +108,9 @@ def test_request_bodies_are_the_validators_rules(document):
         ("POST", "/api/user/token/{jti_or_username}"): TOKEN_REQUEST,
         ("POST", "/api/node/node/register"): NODE_FIELDS,
         ("PUT", "/api/node/node/update/{node_id}"): NODE_UPDATE_FIELDS,
+        ("POST", "/api/alias/set"): ALIAS_SET,
+        ("POST", "/api/adapter/load"): ADAPTER_LOAD,
+        ("POST", "/api/adapter/unload"): ADAPTER_UNLOAD,
     }
     for method, path, op in operations(document):
         if path.startswith("/api/") and method in ("POST", "PUT"):
@@ -165,6 +170,8 @@ def samples(rule: Rule) -> st.SearchStrategy[Any]:
         if rule.pattern is not None:
             near = near | st.from_regex(f"^(?:{rule.pattern})\\Z") | st.from_regex(f"^(?:{rule.pattern})\\n\\Z")
             near = near | st.from_regex(f"^(?:{rule.pattern})\\Z").map(lambda s: s + "x" * 64)
+    elif isinstance(rule, Boolean):
+        near = st.booleans() | st.sampled_from([0, 1, "true"])
     elif isinstance(rule, Choice):
         near = st.sampled_from(rule.values) | st.sampled_from([v.upper() for v in rule.values])
     elif isinstance(rule, Items):
@@ -197,7 +204,8 @@ ALL_RULES = sorted(
         name: r
         for top, body in [("login", LOGIN), ("new_user", NEW_USER), ("user_changes", USER_CHANGES),
                           ("token", TOKEN_REQUEST), ("node", NODE_FIELDS), ("query", NODE_FILTERS),
-                          ("select", SELECT_QUERY),
+                          ("select", SELECT_QUERY), ("alias", ALIAS_SET), ("adapter_load", ADAPTER_LOAD),
+                          ("adapter_unload", ADAPTER_UNLOAD),
                           *[(f"path.{k}", v) for k, v in PATH_PARAMETERS.items()]]
         for name, r in rules_of(body, top)
     }.items()

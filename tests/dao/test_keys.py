@@ -7,6 +7,7 @@ import pytest
 import redis.commands.core as redis_commands
 
 from dao.keys import Keys
+from service.routes import is_forwarded
 from tests.dao.conftest import PREFIX
 from tests.helpers import ADMIN_PASSWORD, PASSWORD, app_routes
 
@@ -26,6 +27,7 @@ def test_keys_are_spelled_from_the_prefix():
     assert keys.users() == "fleet-a:users"
     assert keys.login_failures("addr", "10.0.0.1") == "fleet-a:login_failures:addr:10.0.0.1"
     assert keys.jwt_secret() == "fleet-a:secret:jwt"
+    assert keys.response_node("resp_1") == "fleet-a:response:resp_1"
 
 
 def test_every_key_method_uses_the_prefix():
@@ -82,7 +84,7 @@ ROUTES = [
      .replace("/user/token/node-001", "/user/token/ops-1")
      .replace("/user/delete/node-001", "/user/delete/ops-1"))
     for method, path in app_routes()
-    if not path.startswith("/v1")
+    if not is_forwarded(path)
 ]
 ORDER = {"POST": 0, "PUT": 1, "GET": 2, "DELETE": 3}
 

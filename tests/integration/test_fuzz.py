@@ -4,7 +4,7 @@ bounded number of examples per route, valid and invalid. Every answer must
 match the description (status, media type, schema), be in the envelope (or
 OpenAI's shape on /v1), never be a 5xx, and every 4xx must name what was wrong.
 
-The /v1 routes are fuzzed first: the /api fuzzing registers nodes at random
+The model routes (/v1, and vLLM's own outside it) are fuzzed first: the /api fuzzing registers nodes at random
 (loopback only, NVLLM_ALLOWED_NETWORKS) that would then take /v1 traffic."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from service import routes
 from tests.helpers import ERROR_KEYS
 from tests.integration.conftest import ROOT, Service, _wait_healthy, free_port, service_env, wait_for
 
@@ -126,8 +127,9 @@ def check_answer(case: Any, response: Any) -> None:
     """What the description cannot say: the envelope, no 5xx, errors that name the problem."""
     status, path = response.status_code, case.path
     label = f"{case.method} {case.formatted_path} -> {status}: {response.text[:300]}"
+    model_route = routes.is_forwarded(path)  # the OpenAI-compatible surface, /v1 and vLLM's routes outside it
     forwarded = bool(header(response, "X-NVLLM-Node"))  # a node's own answer, passed on as it came
-    if path.startswith("/v1") and forwarded:
+    if model_route and forwarded:
         assert status < 500, label
         return
     media = header(response, "Content-Type")
@@ -139,7 +141,10 @@ def check_answer(case: Any, response: Any) -> None:
             assert body["code"] == status and body["trace_id"] == trace_id, label
         return
     assert isinstance(body, dict), f"{label} ({media})"
-    if path.startswith("/v1"):
+    if routes.is_anthropic(path):
+        text = body["error"]["message"]
+        assert body["type"] == "error" and body["error"]["type"], label
+    elif model_route:
         text = body["error"]["message"]
         assert body["error"]["code"] == status, label
     else:
@@ -166,7 +171,7 @@ MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 
 
 def test_fuzz_openai_routes(live, operations):
-    v1 = [label for label in operations if label.split(" ", 1)[1].startswith("/v1/")]
+    v1 = [label for label in operations if routes.is_forwarded(label.split(" ", 1)[1])]
     assert v1
     for label in sorted(v1):
         for mode in MODES:
@@ -174,7 +179,7 @@ def test_fuzz_openai_routes(live, operations):
 
 
 def test_fuzz_routes(live, operations):
-    others = [label for label in operations if not label.split(" ", 1)[1].startswith("/v1/")]
+    others = [label for label in operations if not routes.is_forwarded(label.split(" ", 1)[1])]
     assert len(others) > 15
     for label in sorted(others):
         for mode in MODES:

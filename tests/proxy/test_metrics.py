@@ -158,3 +158,13 @@ def test_the_access_log_line_of_a_refused_request_names_its_model_safely(nvllm, 
     message = line.getMessage()
     assert "\n" not in message and 'model="no such\\nmodel"' in message and " 503 " in message
     assert line.http["model"] == "no such\nmodel"  # JSON logs escape it themselves
+
+
+def test_every_forwarded_route_is_counted_under_its_own_pattern():
+    from service.routes import label
+
+    assert label("/v1/messages") == "/v1/messages"
+    assert label("/v1/responses/resp_abc/cancel") == "/v1/responses/{response_id}/cancel"
+    assert label("/tokenize") == "/tokenize"
+    assert label("/v1/anything/a-client/chose") == "other"
+    assert label("/api/node/node/all") is None

@@ -48,6 +48,9 @@ ESCAPES = [
     "/v1/chat%5C..%5Chealth",
     "/v1/chat\\..\\health",
     "/v1/chat/completions/",
+    "/v1/responses/resp_1/../../pause",
+    "/v1/responses/%2e%2e/cancel",
+    "/v1/audio/transcriptions%3F../../sleep",
 ]
 
 
@@ -57,6 +60,14 @@ def test_a_path_that_could_escape_v1_is_refused_and_never_sent(nvllm, recorder, 
     status, body = raw_post(nvllm.server.server_port, target, nvllm.token)
     assert status == 400, body
     assert json.loads(body)["error"]["message"].startswith("path: ")
+    assert recorder.paths == []
+
+
+@pytest.mark.parametrize("target", ["/tokenize/../pause", "/v2/rerank/..", "/score%2F..%2Fsleep"])
+def test_a_root_route_that_could_escape_is_never_sent(nvllm, recorder, target):
+    nvllm.register("rec", recorder.server_address[1])
+    status, _ = raw_post(nvllm.server.server_port, target, nvllm.token)
+    assert status in (400, 404)
     assert recorder.paths == []
 
 

@@ -26,6 +26,7 @@ def test_plain_paths_pass_unchanged(path):
         ("/v1/a#b", "/v1/a%23b", "percent"),
         ("/v1/a\\b", "/v1/a%5Cb", "percent"),
         ("/v1//chat/completions", "/v1//chat/completions", "empty"),
+        ("/tokenize", "//tokenize", "empty"),  # a server that read `//tokenize` as a host and a path
         ("/v1/chat/completions/", "/v1/chat/completions/", "empty"),
         ("/v1/a\\..\\b", "/v1/a\\..\\b", "not allowed"),
         ("/v1/a?b", None, "not allowed"),

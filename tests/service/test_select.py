@@ -94,3 +94,14 @@ def test_a_node_expires_between_refreshes(node_store, fleet, clock):
     assert [s.node_id for s in fleet.routable()] == ["a"]
     clock.advance(11)
     assert fleet.routable() == []
+
+
+def test_a_pinned_request_goes_only_to_its_node_and_fails_when_it_is_excluded(node_store, fleet, clock):
+    for node_id in ("a", "b", "c"):
+        save(node_store, node_id, clock(), models=["m1"])
+    fleet.refresh()
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    pinned = RouteRequest(pinned_node="b")  # it holds the stored response named
+    assert {proxy.select(pinned).node_id for _ in range(20)} == {"b"}
+    with pytest.raises(NoRoutableNode):
+        proxy.select(pinned, frozenset({"b"}))  # never retried on another node

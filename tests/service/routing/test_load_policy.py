@@ -12,8 +12,9 @@ from service.routing.least_inflight import LeastInflightPolicy
 from service.routing.load import TTFT_WEIGHT, LoadPolicy
 from service.routing.load_model import FALLBACK_PREFILL_STEPS, FALLBACK_TOKEN_TIME
 from service.routing.random_choice import RandomPolicy
-from service.routing.request import BLOCK_CHARS, RouteRequest, prefix_blocks, route_request
+from service.routing.request import BLOCK_CHARS, RouteRequest
 from service.routing.round_robin import RoundRobinPolicy
+from service.shape import prefix_blocks, route_request
 from tests.service.routing.helpers import measured, prompt, send, state, streaming
 
 NOW = 1000.0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from service.routing.prefix import Conversations, PrefixIndex
-from service.routing.request import BLOCK_CHARS, prefix_blocks
+from service.routing.request import BLOCK_CHARS
+from service.shape import prefix_blocks
 from tests.service.routing.helpers import prompt
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.routing.request import BLOCK_CHARS, MAX_BLOCKS, prefix_blocks, prompt_text, route_request
+from service.routing.request import BLOCK_CHARS, MAX_BLOCKS
+from service.shape import prefix_blocks, prompt_text, route_request
 from tests.service.routing.helpers import prompt
 
 
