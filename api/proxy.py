@@ -130,6 +130,7 @@ def _forward(path: str, query: str, started: float, release: Callable[[], None])
             stream=shaped.stream,
             trace_id=current_trace_id(),
             method=shaped.method,
+            tokens=(shaped.token_event, shaped.first_token_event),
         )
     except NodeFailed as exc:
         raise UpstreamFailed(exc.attempts, exc.cause) from None

@@ -201,9 +201,12 @@ class Proxy:
         stream: bool,
         trace_id: str,
         method: str = "POST",
+        tokens: tuple[bytes, int] = (b"data:", 2),
     ) -> Forwarded:
         """Send to the best node, retrying on others before any byte is
-        returned. Raises NoRoutableNode, or NodeFailed when all attempts failed."""
+        returned. `tokens`: what marks a token in the stream, and which of
+        them is the first (routes.Route). Raises NoRoutableNode, or NodeFailed
+        when all attempts failed."""
         upstream_headers = self._request_headers(headers, trace_id)
         tried: set[str] = set()
         last_cause = "no attempt"
@@ -260,7 +263,8 @@ class Proxy:
                 reason=decision.reason,
                 attempts=attempt,
             )
-            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer, sent_at)
+            answer.body = self._relay(state, response, stream, started, first, ticket, about, answer, sent_at,
+                                      tokens)
             return answer
         raise NodeFailed(last_cause, len(tried))
 
@@ -310,6 +314,7 @@ class Proxy:
     def _relay(
         self, state: NodeState, response, stream: bool, started: float, first: bytes = b"", ticket: int = -1,
         about: dict | None = None, answer: Forwarded | None = None, sent_at: float = 0.0,
+        tokens: tuple[bytes, int] = (b"data:", 2),
     ) -> Iterator[bytes]:
         """Yield the node's bytes as they come (a stream's `first` chunk was read
         already; empty means the stream ended); on the client going away (the
@@ -317,6 +322,7 @@ class Proxy:
         the slot."""
         complete = False
         events = 0
+        marker, first_mark = tokens
         outcome = "ok"
         policy, clock = self.policy, self.clock
         meter = AnswerMeter()
@@ -327,15 +333,15 @@ class Proxy:
             chunk = first if stream else response.read1(65536)
             while chunk:
                 if stream:
-                    # The first event carries the role (or the first token);
-                    # from the second on, about one token each.
-                    seen = chunk.count(b"data:")
+                    # About one token per marker; the first_mark-th is the
+                    # first token (chat's first event carries only the role).
+                    seen = chunk.count(marker)
                     if seen:
                         now = clock()
                         before, events = events, events + seen
-                        policy.progress(ticket, events - 1, now)
+                        policy.progress(ticket, events - first_mark + 1, now)
                         last_at = now
-                        if before < 2 <= events:
+                        if before < first_mark <= events:
                             policy.first_token(ticket, now)
                             first_at, first_events = now, events
                 meter.feed(chunk)

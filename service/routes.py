@@ -27,6 +27,12 @@ class Route:
     generates: bool = True
     anthropic: bool = False  # the Anthropic Messages API: its errors in Anthropic's shape
     creates_response: bool = False  # its answer names a stored response to remember (Responses API)
+    # How a stream's tokens show, for routing's first-token and per-token
+    # measures: each occurrence of `token_event` is about one token, and the
+    # `first_token_event`-th is the first token. Chat sends its role first;
+    # the Anthropic and Responses streams send several events before any text.
+    token_event: bytes = b"data:"
+    first_token_event: int = 2
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -35,16 +41,17 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     Route("/v1/chat/completions", POST),
-    Route("/v1/completions", POST),
+    Route("/v1/completions", POST, first_token_event=1),
     Route("/v1/embeddings", POST, generates=False),
-    Route("/v1/responses", POST, creates_response=True),
+    Route("/v1/responses", POST, creates_response=True, token_event=b"event: response.output_text.delta",
+          first_token_event=1),
     # DELETE: OpenAI's SDK has it; the node holding the response answers for it.
     Route("/v1/responses/{response_id}", frozenset({"GET", "DELETE"})),
     Route("/v1/responses/{response_id}/cancel", POST),
     Route("/v1/responses/{response_id}/input_items", GET),
     Route("/v1/audio/transcriptions", POST),
     Route("/v1/audio/translations", POST),
-    Route("/v1/messages", POST, anthropic=True),
+    Route("/v1/messages", POST, anthropic=True, token_event=b"event: content_block_delta", first_token_event=1),
     Route("/v1/messages/count_tokens", POST, generates=False, anthropic=True),
     Route("/v1/rerank", POST, generates=False),
     Route("/rerank", POST, generates=False),

@@ -44,6 +44,8 @@ class Shaped:
     # rename its model), or a form's small fields; {} for anything else.
     fields: dict[str, Any] = field(default_factory=dict)
     is_json: bool = False
+    token_event: bytes = b"data:"  # see routes.Route
+    first_token_event: int = 2
 
 
 def shape_request(
@@ -77,6 +79,8 @@ def shape_request(
         creates_response=route.creates_response,
         fields=fields,
         is_json=is_json,
+        token_event=route.token_event,
+        first_token_event=route.first_token_event,
     )
 
 

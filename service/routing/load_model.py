@@ -155,11 +155,16 @@ class NodeLoad:
             return 0.0
         if ahead > MAX_QUEUE_STEPS:  # a long queue: which slot frees first hardly matters
             return ahead * mean_out * token_time / slots
-        started = [f.tokens_left(now, token_time) * token_time for f in self.flights.values()
-                   if f.first_at is not None]
+        # Flight.tokens_left, inlined: this loop is most of a decision's cost.
+        started = []
+        for f in self.flights.values():
+            if f.first_at is not None:
+                left = f.out_tokens - (f.tokens or (now - f.first_at) / token_time)
+                started.append(left * token_time if left > 0 else 0.0)
         unknown = max(0, slots - len(started))  # spread evenly over an average answer
         releases = started + [mean_out * token_time * (i + 1) / (unknown + 1) for i in range(unknown)]
-        heapq.heapify(releases)
+        # Only the `ahead` first to free can be taken before this request's turn.
+        releases = heapq.nsmallest(ahead, releases)
         for _ in range(ahead - 1):
             heapq.heapreplace(releases, releases[0] + mean_out * token_time)
         return releases[0]

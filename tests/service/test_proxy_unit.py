@@ -141,3 +141,82 @@ def test_response_headers_keep_only_what_describes_the_answer():
         ("Cache-Control", "no-cache"),
         ("x-request-id", "trace-1"),
     ]
+
+
+# --- what the relay tells routing of a stream's tokens ---
+
+
+class Recording:
+    """A policy that only records the events it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def progress(self, ticket, tokens, now):
+        self.events.append(("progress", tokens))
+
+    def first_token(self, ticket, now):
+        self.events.append(("first_token",))
+
+    def done(self, ticket, now):
+        self.events.append(("done",))
+
+
+class Scripted:
+    """A node's streamed answer, chunk by chunk."""
+
+    status = 200
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = list(chunks)
+
+    def read1(self, size: int) -> bytes:
+        return self._chunks.pop(0) if self._chunks else b""
+
+    def release_conn(self) -> None:
+        pass
+
+
+class Fleet:
+    def record_success(self, state):
+        pass
+
+    def release(self, state):
+        pass
+
+
+def relayed(chunks: list[bytes], tokens: tuple[bytes, int]) -> list[tuple]:
+    policy = Recording()
+    proxy = Proxy(fleet=Fleet(), policy=policy, config=UpstreamConfig())  # type: ignore[arg-type]
+    state = type("S", (), {"node_id": "n"})()
+    body = proxy._relay(state, Scripted(chunks[1:]), True, 0.0, chunks[0], 1, tokens=tokens)
+    assert b"".join(body) == b"".join(chunks)
+    return policy.events
+
+
+def test_each_generating_route_says_how_its_tokens_show():
+    from service.routes import resolve
+
+    assert (resolve("POST", "/v1/messages").token_event, resolve("POST", "/v1/messages").first_token_event) == (
+        b"event: content_block_delta", 1)
+    assert resolve("POST", "/v1/responses").token_event == b"event: response.output_text.delta"
+    assert resolve("POST", "/v1/chat/completions").first_token_event == 2  # the role comes first
+    assert resolve("POST", "/v1/completions").first_token_event == 1
+
+
+def sse(event: str) -> bytes:
+    return f'event: {event}\ndata: {{"type": "{event}"}}\n\n'.encode()
+
+
+def test_an_anthropic_streams_first_token_is_its_first_text_delta():
+    chunks = [sse("message_start") + sse("content_block_start"), sse("ping"),
+              sse("content_block_delta"), sse("content_block_delta") * 2, sse("message_stop")]
+    events = relayed(chunks, (b"event: content_block_delta", 1))
+    assert events == [("progress", 1), ("first_token",), ("progress", 3), ("done",)]
+
+
+def test_a_chat_streams_first_event_is_its_role():
+    chunks = [b'data: {"role"}\n\n', b'data: {"a"}\n\n', b'data: {"b"}\n\ndata: {"c"}\n\n', b"data: [DONE]\n\n"]
+    events = relayed(chunks, (b"data:", 2))
+    assert events == [("progress", 0), ("progress", 1), ("first_token",), ("progress", 3), ("progress", 4),
+                      ("done",)]
