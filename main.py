@@ -19,6 +19,7 @@ from config import Settings, SettingsError
 
 if TYPE_CHECKING:
     from middleware.services import Services
+    from service.stats import StatsRecorder
 
 log = logging.getLogger("nvllm")
 
@@ -67,6 +68,7 @@ def start_background(services: Services, settings: Settings) -> None:
     services.proxy.fleet.start()
     services.tokens.start()
     services.aliases.start()
+    services.stats.start()
     if settings.probe_interval > 0:
         services.prober = Prober(services.nodes, interval=settings.probe_interval, clock=services.clock,
                                  netpolicy=services.netpolicy, api_key=settings.upstream_api_key)
@@ -129,7 +131,26 @@ def init_balancer(settings: Settings, services: Services) -> None:
     services.metrics = BalancerMetrics(fleet, clock=services.clock,
                                        multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     fleet.on_breaker = services.metrics.observe_breaker
-    services.proxy = Proxy(fleet, policy, config, http=http, on_done=services.metrics.observe_upstream)
+    recorder = init_stats(services, fleet)
+
+    def on_done(done: dict) -> None:
+        services.metrics.observe_upstream(done)
+        recorder.observe(done)
+
+    services.proxy = Proxy(fleet, policy, config, http=http, on_done=on_done)
+
+
+def init_stats(services: Services, fleet) -> StatsRecorder:
+    """Per-node request statistics, shared through Redis for the dashboard."""
+    from dao.stats import StatsStore
+    from service.stats import StatsRecorder
+
+    services.stats_store = StatsStore(services.redis, services.keys)
+    services.stats = StatsRecorder(
+        services.stats_store, clock=services.clock, instance_id=fleet.instance_id,
+        ejected=lambda: [s.node_id for s in fleet.known() if fleet.is_failing(s.node_id)],
+    )
+    return services.stats
 
 
 def init_aliases(settings: Settings, services: Services) -> None:

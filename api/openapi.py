@@ -149,6 +149,34 @@ SELECTED = {
     },
     "required": [*NODE["required"], "reason"],
 }
+_rate = {"type": "number", "minimum": 0}
+_seconds = {"type": ["number", "null"], "minimum": 0, "description": "seconds; null without streamed answers"}
+_count = {"type": "integer", "minimum": 0}
+STATS = _obj(
+    {"requests_per_s": _rate, "errors_per_s": _rate, "tokens_per_s": _rate, "ttft_p50": _seconds,
+     "ttft_p99": _seconds, "requests_1m": _count, "errors_1m": _count, "output_tokens_1m": _count},
+    description="Rates over the last 10 s; tokens/s and time to first token over the last minute; counted "
+    "by every nvllm worker and instance together.",
+)
+FLEET_STATS = _obj(
+    {
+        "window": _obj({"bucket_seconds": _count, "rate_seconds": _count, "minute_seconds": _count,
+                        "until": {"type": "integer"}}),
+        "totals": _obj({name: _count for name in ("nodes", "alive", "routable", "draining", "running", "waiting",
+                                                  "inflight", "instances")} | {"stats": STATS}),
+        "nodes": {"type": "array", "items": {
+            **NODE_STATUS_DATA,
+            "properties": {**NODE_STATUS_DATA["properties"], "stats": STATS, "ejected_by": {
+                **_count, "description": "how many nvllm workers have it out of rotation after failures"}},
+            # A node lists adapters only when it has some.
+            "required": [*(k for k in NODE_STATUS_DATA["required"] if k != "adapters"), "ejected_by", "stats"],
+        }},
+        "models": {"type": "array", "items": _obj({"model": {"type": "string"}, "nodes": _count,
+                                                   "routable": _count, "stats": STATS})},
+        "series": {"type": "array", "items": _obj({"t": {"type": "integer"}, "requests": _count, "errors": _count,
+                                                   "tokens": _count})},
+    }
+)
 USER = _obj({"username": USERNAME.documented(), "role": ROLE.documented(), "create_time": TIME})
 TOKEN = _obj({"token": {"type": "string"}, "expires_in": {"type": "integer"}, "role": ROLE.documented()})
 MINTED = _obj({**TOKEN["properties"], "jti": JTI.documented()})
@@ -202,6 +230,7 @@ PATH_PARAMETERS: dict[str, Rule] = {
     "name": ALIAS_NAME,
     "response_id": Text(RESPONSE_ID.pattern, "not a response id (1-128 of A-Za-z0-9_-)",
                         description="A stored response's id (resp_...)."),
+    "file": Text(r"[A-Za-z0-9._-]+", "", description="A file of the dashboard (static/)."),
 }
 
 
@@ -254,6 +283,13 @@ OPERATIONS: dict[str, Operation] = {
                              data=SELECTED),
     "node.all_nodes": Operation("Every node, sorted by node_id", query=NODE_FILTERS,
                                 data={"type": "array", "items": NODE}),
+    "stats.fleet_stats": Operation("Every node's live state and request statistics, every model, fleet totals",
+                                   data=FLEET_STATS),
+    "dashboard.root": Operation("Redirects to /dashboard", answer=ANY_TEXT, media="text/html", tag="operations"),
+    "dashboard.dashboard": Operation("The status dashboard (it asks for a login)", answer=ANY_TEXT,
+                                     media="text/html", tag="operations"),
+    "dashboard.static": Operation("The dashboard's script and style", answer=ANY_TEXT, media="*/*", errors=(404,),
+                                  tag="operations"),
     "health.healthz": Operation("The process is up", answer=STATUS_TEXT, tag="operations"),
     "health.readyz": Operation("Storage answers (503 otherwise)", answer=STATUS_TEXT, errors=(503,),
                                tag="operations"),

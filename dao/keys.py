@@ -61,6 +61,17 @@ class Keys:
         """String: counts alias writes, so instances re-read only after one."""
         return self._key("aliases_rev")
 
+    # request statistics (dao/stats.py)
+    def stats_bucket(self, start: int) -> str:
+        """Hash with TTL: counters of the time bucket starting at `start` (epoch
+        seconds), fields `<counter>:n:<node_id>` and `<counter>:m:<model>`."""
+        return self._key("stats", str(start))
+
+    def ejected(self, instance_id: str) -> str:
+        """Set with TTL: the nodes this balancer instance has ejected after
+        failures; expires with the instance's lease."""
+        return self._key("ejected", instance_id)
+
     # users
     def user(self, username: str) -> str:
         """Hash: username, role, password_hash, token_version, create_time."""

@@ -15,6 +15,7 @@ from dao.inflight import InflightStore
 from dao.keys import Keys
 from dao.node import NodeStore
 from dao.responses import ResponseStore
+from dao.stats import StatsStore
 from dao.storage import Storage
 from dao.user import UserStore
 from service.token import TokenService
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from service.probe import Prober
     from service.proxy import Proxy, UserSlots
     from service.responses import ResponseAffinity
+    from service.stats import StatsRecorder
 
 EXTENSION = "nvllm"
 
@@ -52,6 +54,8 @@ class Services:
     lora: LoraCaller = field(init=False)
     aliases: AliasBook = field(init=False)
     affinity: ResponseAffinity = field(init=False)
+    stats_store: StatsStore = field(init=False)
+    stats: StatsRecorder = field(init=False)
     prober: Prober | None = None
 
 

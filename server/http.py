@@ -164,6 +164,7 @@ def close_app(app: Any) -> None:
     services.tokens.close()
     services.aliases.close()
     services.proxy.fleet.close()
+    services.stats.close()  # its last second of request statistics
 
 
 class NvllmWorker(GeventWorker):
