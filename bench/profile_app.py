@@ -44,12 +44,12 @@ from common import (  # noqa: E402
     Meter,
     Stack,
     closed_loop,
-    user_system_seconds,
     make_logdir,
     process_tree,
     rng_words,
     start_nvllm,
     start_valkey,
+    user_system_seconds,
 )
 
 
@@ -167,7 +167,7 @@ def summarize_stacks(raw: str, source: str = "") -> tuple[int, dict[str, int], d
         part = next((p for p in (_part(f, source) for f in reversed(frames)) if p), "other")
         parts[part] = parts.get(part, 0) + count
         leaves[frames[-1]] = leaves.get(frames[-1], 0) + count
-        for (func, fragment), name in zip(HOT, hot):
+        for (func, fragment), name in zip(HOT, hot, strict=True):
             if any(f.startswith(func + " (") and fragment in f for f in frames):
                 hot[name] += count
     return total, parts, leaves, hot
@@ -212,8 +212,8 @@ async def profile_server(args: argparse.Namespace) -> None:
         out = stack.logdir / "py-spy.txt"
         spy = await asyncio.create_subprocess_exec(
             _py_spy(), "record", "--pid", str(worker), "--rate", str(args.rate), "--duration", str(int(args.seconds)),
-            "--format", "raw", "--full-filenames", "--native", "--threads", "--output", str(out), stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
+            "--format", "raw", "--full-filenames", "--native", "--threads", "--output", str(out),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await asyncio.sleep(0.5)  # py-spy attaches
         sampled, _ = await closed_loop(target, make, concurrency=args.concurrency, duration=args.seconds)
         await spy.wait()
