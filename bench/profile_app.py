@@ -75,7 +75,8 @@ def profile(node_url: str, redis_url: str, n: int, stream: bool) -> None:
     time.sleep(1.0)  # one fleet refresh
     body = json.dumps({"model": "fake-model", "max_tokens": 16, "stream": stream,
                        "messages": [{"role": "user", "content": rng_words(random.Random(1), 32)}]}).encode()
-    headers = {**auth, "Content-Type": "application/json"}
+    # Accept: how the constant backend tells a stream from a whole answer.
+    headers = {**auth, "Content-Type": "application/json", **({"Accept": "text/event-stream"} if stream else {})}
 
     def call() -> None:
         environ = EnvironBuilder(path="/v1/chat/completions", method="POST", data=body, headers=headers).get_environ()
@@ -97,7 +98,8 @@ def profile(node_url: str, redis_url: str, n: int, stream: bool) -> None:
     for _ in range(n):
         call()
     profiler.disable()
-    print(f"{n} requests; CPU per request without the profiler: {plain:.3f} ms (client side of the test included)")
+    print(f"{n} {'streamed' if stream else 'plain'} requests; CPU per request without the profiler: {plain:.3f} ms "
+          "(client side of the test included)")
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
     stats.print_stats(int(os.environ.get("PROFILE_LINES", "45")))
@@ -240,7 +242,8 @@ async def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--server", action="store_true", help="profile `python main.py` under load with py-spy")
-    ap.add_argument("--backend", choices=("nginx", "fake"), default="nginx", help="--server: the node (nginx)")
+    ap.add_argument("--backend", choices=("nginx", "fake"),
+                    help="the node: the Python fake, or nginx answering a fixed body (the default with --server)")
     ap.add_argument("--seconds", type=float, default=10.0, help="--server: seconds measured, then sampled (10)")
     ap.add_argument("--rate", type=int, default=200, help="--server: py-spy samples per second (200)")
     ap.add_argument("--concurrency", type=int, default=32, help="--server: closed-loop clients (32)")
@@ -248,11 +251,15 @@ async def main() -> None:
     ap.add_argument("--lines", type=int, default=30, help="--server: leaf functions listed (30)")
     args = ap.parse_args()
     if args.server:
+        args.backend = args.backend or "nginx"
         await profile_server(args)
         return
     async with Stack(make_logdir("profile")) as stack:
-        fleet = await Fleet(stack, FleetSpec(speeds=(1.0,), max_num_seqs=1024, step_time=0.0,
-                                             prefill_time_per_token=0.0)).ready()
+        if args.backend == "nginx":
+            fleet = await ConstantFleet(stack, 1).ready()
+        else:
+            fleet = await Fleet(stack, FleetSpec(speeds=(1.0,), max_num_seqs=1024, step_time=0.0,
+                                                 prefill_time_per_token=0.0)).ready()
         redis_url = await start_valkey(stack)
         await asyncio.to_thread(profile, fleet.urls[0], redis_url, args.requests, args.stream)
 
