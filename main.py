@@ -77,8 +77,6 @@ def start_background(services: Services, settings: Settings) -> None:
 
 def init_balancer(settings: Settings, services: Services) -> None:
     """The fleet view, the routing policy and the forwarding proxy."""
-    import urllib3
-
     from service.fleet import Fleet
     from service.lora import LoraCaller
     from service.metrics import BalancerMetrics
@@ -87,8 +85,9 @@ def init_balancer(settings: Settings, services: Services) -> None:
     from service.proxy import Proxy, UpstreamConfig
     from service.responses import ResponseAffinity
     from service.routing import make_policy
+    from service.upstream import pool_manager
 
-    http = urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
+    http = pool_manager(num_pools=256, maxsize=1024, block=False)
     netpolicy = NetworkPolicy.from_settings(
         settings.allowed_networks, settings.upstream_key_networks, settings.host
     )

@@ -94,6 +94,12 @@ def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
     return out
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK) if fields else (0.0, 0.0)
+
+
 def rss_bytes(pids: Iterable[int]) -> int:
     total = 0
     for pid in pids:
@@ -284,6 +290,92 @@ class Fleet:
                 return True
             await asyncio.sleep(0.2)
         return False
+
+
+# What the constant backend answers: a whole chat completion, or a stream of
+# four events (the role, two tokens, [DONE]) as vLLM frames them.
+CONSTANT_JSON = json.dumps({
+    "id": "chatcmpl-constant", "object": "chat.completion", "created": 0, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}}, separators=(",", ":"))
+CONSTANT_SSE = "".join(f"data: {json.dumps(event, separators=(',', ':'))}\n\n" for event in (
+    {"id": "chatcmpl-constant", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+    {"id": "chatcmpl-constant", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+     "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+    {"id": "chatcmpl-constant", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+     "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "stop"}]},
+)) + "data: [DONE]\n\n"
+
+
+def _nginx_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ConstantFleet:
+    """N nodes that answer at once with a fixed body, served by nginx (not
+    Python), so a router's own cost is what the figures show: a chat
+    completion, or with `Accept: text/event-stream` (the load generator sends
+    it with every streamed request; every router here forwards it) a fixed
+    4-event stream. /health and /v1/models answer; anything else is 404, as
+    for the fake (the render and tokenize calls of vllm-router's cache_aware)."""
+
+    def __init__(self, stack: Stack, nodes: int = 2, name: str = "nginx") -> None:
+        self.nodes = nodes
+        self.urls = [f"http://127.0.0.1:{free_port()}" for _ in range(nodes)]
+        root = Path(tempfile.mkdtemp(prefix="nvllm-bench-nginx-"))
+        stack.callback(shutil.rmtree, root, True)
+        models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
+        servers = "\n".join(f"""
+  server {{
+    listen {url.rsplit(':', 1)[1]};
+    location = /health {{ return 200; }}
+    location = /v1/models {{ default_type application/json; return 200 {_nginx_string(models)}; }}
+    location = /v1/chat/completions {{
+      if ($http_accept ~* "text/event-stream") {{ rewrite ^ /constant-sse last; }}
+      default_type application/json;
+      return 200 {_nginx_string(CONSTANT_JSON)};
+    }}
+    location = /constant-sse {{
+      internal;
+      default_type text/event-stream;
+      add_header Cache-Control no-cache;
+      return 200 {_nginx_string(CONSTANT_SSE)};
+    }}
+    location / {{ return 404; }}
+  }}""" for url in self.urls)
+        # One worker process: the router under test and the load generator
+        # need the other core more than nginx does.
+        (root / "nginx.conf").write_text(f"""daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_max_body_size 64m;
+{servers}
+}}
+""")
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = stack.start(name, [binary, "-p", str(root), "-c", str(root / "nginx.conf")])
+        self.command = f"nginx (bench/common.py ConstantFleet, {nodes} servers)"
+
+    async def ready(self) -> ConstantFleet:
+        for url in self.urls:
+            await wait_until(lambda u=url: http_ok(u + "/health"), f"{url}/health", self.proc)
+        return self
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(u.rsplit(":", 1)[1]) for u in self.urls]
 
 
 async def prefix_counters(urls: Sequence[str]) -> tuple[float, float]:
@@ -497,6 +589,8 @@ async def send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], *
     """POST one chat completion; measure from t0 (time.perf_counter()), the
     moment it should have left (open loop: client-side lateness counts)."""
     stream = bool(body.get("stream"))
+    if stream:  # what an SSE client accepts; the constant backend answers by it
+        headers = {**(headers or {}), "Accept": "text/event-stream"}
     try:
         async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
             if r.status != 200:

@@ -9,7 +9,14 @@ For each target (the backend itself, nvllm, vllm-router, sglang-router):
 - latency at a fixed open-loop rate of 100 requests/s (one request every 10 ms): end-to-end
   (non-streaming) and time to first token (streaming), and what the target adds to going direct.
 
-Usage: bench/.venv/bin/python bench/overhead.py [--quick]
+With `--backend nginx` the nodes are nginx answering a fixed chat completion
+or a fixed 4-event stream (common.ConstantFleet) instead of the Python fake,
+which caps what the fastest router can show; results go to overhead-nginx.*.
+sglang-router is left out there: it does not forward the client's Accept
+header, by which nginx tells a stream from a whole answer.
+
+Usage: bench/.venv/bin/python bench/overhead.py [--quick] [--backend nginx]
+           [--targets nvllm:load,nvllm@/tmp/base:load,vllm-router:cache_aware]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 from common import (
     MODEL,
+    ConstantFleet,
     Fleet,
     FleetSpec,
     Meter,
@@ -53,6 +61,8 @@ TARGETS = [
     ("sglang-router", "round_robin"),
 ]
 QUICK_TARGETS = [("direct", ""), ("nvllm", "load"), ("vllm-router", "round_robin")]
+NGINX_TARGETS = [t for t in TARGETS if t[0] != "sglang-router"]
+NGINX_NODES = 2
 
 
 def bodies(seed: int, n: int, stream: bool) -> list[dict[str, Any]]:
@@ -61,15 +71,16 @@ def bodies(seed: int, n: int, stream: bool) -> list[dict[str, Any]]:
              "max_tokens": MAX_TOKENS, "stream": stream} for _ in range(n)]
 
 
-async def measure(target, sat_seconds: float, rate_seconds: float, seed: int, warmup: float) -> dict[str, Any]:
+async def measure(target, sat_seconds: float, rate_seconds: float, seed: int, warmup: float,
+                  concurrency: int = CONCURRENCY) -> dict[str, Any]:
     out: dict[str, Any] = {"target": target.name, "policy": target.policy, "command": target.command}
     for stream in (False, True):
         kind = "stream" if stream else "plain"
         pool = bodies(seed + stream, 4096, stream)
         # Warm up connections and caches, unmeasured.
-        await closed_loop(target, lambda n, p=pool: p[n % len(p)], concurrency=CONCURRENCY, duration=warmup)
+        await closed_loop(target, lambda n, p=pool: p[n % len(p)], concurrency=concurrency, duration=warmup)
         async with Meter(target.pids) as meter:
-            outcomes, span = await closed_loop(target, lambda n, p=pool: p[n % len(p)], concurrency=CONCURRENCY,
+            outcomes, span = await closed_loop(target, lambda n, p=pool: p[n % len(p)], concurrency=concurrency,
                                                duration=sat_seconds)
         sat = summarize(outcomes, span)
         sat["cpu_s"] = meter.cpu
@@ -119,24 +130,32 @@ def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(headers, lines)
 
 
-async def run(quick: bool = False, seed: int = 1) -> dict[str, Any]:
+async def run(quick: bool = False, seed: int = 1, backend: str = "fake",
+              only: list[tuple[str, str]] | None = None, concurrency: int = CONCURRENCY) -> dict[str, Any]:
     sat_seconds, rate_seconds = (2.0, 3.0) if quick else (5.0, 8.0)
-    targets = QUICK_TARGETS if quick else TARGETS
-    logdir = make_logdir("overhead")
-    log(f"(a) overhead: logs in {logdir}")
+    targets = only or (QUICK_TARGETS if quick else NGINX_TARGETS if backend == "nginx" else TARGETS)
+    scenario = "overhead" if backend == "fake" else f"overhead-{backend}"
+    logdir = make_logdir(scenario)
+    log(f"(a) overhead ({backend} backend): logs in {logdir}")
     rows = []
     async with Stack(logdir) as stack:
-        fleet = await Fleet(stack, FLEET).ready()
+        if backend == "nginx":
+            fleet = await ConstantFleet(stack, NGINX_NODES).ready()
+            fleet_text = f"{NGINX_NODES} nginx servers answering a fixed chat completion or 4-event stream at once"
+        else:
+            fleet = await Fleet(stack, FLEET).ready()
+            fleet_text = f"`{FLEET.command()}`"
         for name, policy in targets:
             async with Stack(logdir) as inner:
                 target = await start_target(inner, fleet, name, policy)
-                rows.append(await measure(target, sat_seconds, rate_seconds, seed, 0.5 if quick else 1.0))
+                rows.append(await measure(target, sat_seconds, rate_seconds, seed, 0.5 if quick else 1.0, concurrency))
     text = table(rows)
-    header = (f"Fleet: `{FLEET.command()}`; {CONCURRENCY} closed-loop clients for {sat_seconds:g} s per saturated "
+    header = (f"Fleet: {fleet_text}; {concurrency} closed-loop clients for {sat_seconds:g} s per saturated "
               f"figure; {RATE:g} requests/s for {rate_seconds:g} s per latency figure; chat requests of "
               f"{PROMPT_WORDS} prompt words, max_tokens {MAX_TOKENS}.")
-    write_results("overhead", {"fleet": FLEET, "concurrency": CONCURRENCY, "rate": RATE, "quick": quick,
-                               "sat_seconds": sat_seconds, "rate_seconds": rate_seconds, "rows": rows},
+    write_results(scenario, {"fleet": FLEET if backend == "fake" else fleet_text, "backend": backend,
+                             "concurrency": concurrency, "rate": RATE, "quick": quick,
+                             "sat_seconds": sat_seconds, "rate_seconds": rate_seconds, "rows": rows},
                   header + "\n\n" + text)
     return {"rows": rows, "table": text}
 
@@ -145,8 +164,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer targets, shorter runs (a smoke test)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--backend", choices=("fake", "nginx"), default="fake",
+                    help="the nodes: the Python fake (default) or nginx answering a fixed body")
+    ap.add_argument("--targets", help="only these, in this order, e.g. nvllm:load,nvllm@/tmp/base:load")
+    ap.add_argument("--concurrency", type=int, default=CONCURRENCY, help="closed-loop clients (32)")
     args = ap.parse_args()
-    asyncio.run(run(args.quick, args.seed))
+    only = [tuple(item.split(":", 1)) for item in args.targets.split(",")] if args.targets else None
+    if only and any(len(t) != 2 for t in only):
+        ap.error("--targets takes ROUTER:POLICY pairs separated by commas (direct: 'direct:')")
+    asyncio.run(run(args.quick, args.seed, args.backend, only, args.concurrency))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.util.retry import Retry
 
 from model.errors import NoRoutableNode, TooManyRequests
 from service.adapters import candidates as model_candidates
@@ -21,6 +22,7 @@ from service.fleet import Fleet
 from service.node_state import NodeState
 from service.reasons import reason_category
 from service.routing import Decision, Policy, RouteRequest
+from service.upstream import pool_manager
 
 log = logging.getLogger("nvllm.proxy")
 
@@ -40,6 +42,9 @@ FORWARD_REQUEST = frozenset({"content-type", "accept", "user-agent", "x-session-
 FORWARD_RESPONSE = frozenset({"content-type", "content-encoding", "cache-control", "retry-after", "x-request-id"})
 LOAD_HEADER = "endpoint-load-metrics"
 FRESH_ENOUGH = 0.1  # seconds: how stale the fleet view may be before a 503
+# What urllib3 would build from retries=False on every request: retrying is
+# the proxy's own (on another node), never urllib3's.
+NO_RETRIES = Retry(False, redirect=False)
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,13 @@ class Proxy:
         self.fleet = fleet
         self.policy = policy
         self.config = config
-        self.http = http or urllib3.PoolManager(num_pools=256, maxsize=1024, block=False)
+        self.http = http or pool_manager(num_pools=256, maxsize=1024, block=False)
+        # Built once: a stream must start within the first-byte timeout (see
+        # _first_chunk); a whole answer may take as long as generation.
+        self._timeouts = {
+            True: urllib3.Timeout(connect=config.connect_timeout, read=config.stream_timeout),
+            False: urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+        }
         self._tickets = itertools.count()
         self._on_done = on_done
         self.clock = clock  # the times every routing event carries
@@ -281,10 +292,7 @@ class Proxy:
         # never to a server a worker pointed nvllm at.
         if self.config.api_key and self.fleet.netpolicy.sends_key(target.ip):
             headers = {**headers, "Authorization": f"Bearer {self.config.api_key}"}
-        # A stream must start within the first-byte timeout (see _first_chunk);
-        # a whole (non-streamed) answer may take as long as generation.
-        first = self.config.stream_timeout if stream else self.config.read_timeout
-        response = self.http.urlopen(
+        return self.http.urlopen(
             method,
             target.base_url + path,
             body=body,
@@ -292,10 +300,9 @@ class Proxy:
             preload_content=False,
             decode_content=False,
             redirect=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=self.config.connect_timeout, read=first),
+            retries=NO_RETRIES,
+            timeout=self._timeouts[stream],
         )
-        return response
 
     def _first_chunk(self, response) -> bytes:
         """A stream's first bytes: vLLM sends a stream's headers before its

@@ -27,6 +27,10 @@ FORM_FIELDS = frozenset({"model", "stream"})
 MAX_FORM_VALUE = 1024  # bytes of a small form field read; a model name is far shorter
 MAX_SESSION_CHARS = 256
 DELIMITER_END = re.compile(rb"[ \t]*\r\n")  # after a boundary that starts a part: padding, then the line's end
+# Content-Type headers already parsed: a client sends the same one with every
+# request, and the email package's parser is slow. Bounded: cleared when full.
+_MEDIA_TYPES: dict[str, tuple[str, str | None]] = {}
+MAX_MEDIA_TYPES = 256
 
 
 @dataclass
@@ -177,10 +181,19 @@ def _media_type(content_type: str | None) -> tuple[str, str | None]:
     """(mimetype, multipart boundary) of a Content-Type header."""
     if not content_type:
         return "", None
+    known = _MEDIA_TYPES.get(content_type)
+    if known is not None:
+        return known
     header = Message()
     header["content-type"] = content_type
     boundary = header.get_param("boundary")
-    return header.get_content_type(), boundary if isinstance(boundary, str) else None
+    parsed = header.get_content_type(), boundary if isinstance(boundary, str) else None
+    # A multipart boundary is per request: remembering it would only fill the table.
+    if parsed[1] is None:
+        if len(_MEDIA_TYPES) >= MAX_MEDIA_TYPES:
+            _MEDIA_TYPES.clear()
+        _MEDIA_TYPES[content_type] = parsed
+    return parsed
 
 
 def _fields(mimetype: str, boundary: str | None, body: bytes) -> dict[str, Any]:
