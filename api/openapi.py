@@ -173,6 +173,9 @@ FLEET_STATS = _obj(
         }},
         "models": {"type": "array", "items": _obj({"model": {"type": "string"}, "nodes": _count,
                                                    "routable": _count, "stats": STATS})},
+        "aliases": {"type": "array", "description": "Model aliases, sorted; the user role sees only listed ones.",
+                    "items": _obj({**{k: r.documented() for k, r in ALIAS_SET.fields.items()}, "routable": {
+                        **_count, "description": "routable nodes serving the model it stands for"}})},
         "series": {"type": "array", "items": _obj({"t": {"type": "integer"}, "requests": _count, "errors": _count,
                                                    "tokens": _count})},
     }

@@ -23,7 +23,7 @@ from middleware.services import services
 from middleware.trace import add_log_fields, current_trace_id, log_request
 from model.errors import BadRequest, UpstreamFailed
 from service.adapters import model_cards
-from service.alias import AliasBook, with_model
+from service.alias import AliasBook, with_served_model
 from service.paths import checked_path, checked_query
 from service.proxy import BodyCut, NodeFailed, Proxy, UserSlots
 from service.responses import ResponseAffinity
@@ -108,11 +108,11 @@ def _proxy_view() -> Response:
 def _forward(path: str, query: str, started: float, release: Callable[[], None]) -> Response:
     shaped = shape_request(request.method, path, query, request.content_type, _read_body(), request.headers)
     route, body = shaped.route, shaped.body
-    # An alias is routed as the model it stands for, and the node gets that name.
-    # Only a JSON body is re-encoded; a form or another body goes as it came.
-    served = get_aliases().resolve(shaped.fields.get("model")) if shaped.is_json else None
+    # An alias is routed as the model it stands for, and the node gets that name
+    # (a JSON body re-encoded, an upload's form field rewritten in place).
+    served = get_aliases().resolve(shaped.fields.get("model"))
     if served is not None:
-        body = with_model(shaped.fields, served)
+        body = with_served_model(shaped, served)
         if route.model is not None:  # None: pinned to a stored response's node, whatever it serves
             route = replace(route, model=served)
     model = served or shaped.fields.get("model")  # as sent to the node: an alias resolved

@@ -21,6 +21,7 @@ from typing import Any
 from dao.alias import AliasStore
 from model.alias import Alias, validate_alias
 from model.errors import NotFound, StorageUnavailable
+from service.shape import Shaped, with_form_field
 
 log = logging.getLogger("nvllm.alias")
 
@@ -138,3 +139,13 @@ def with_model(payload: dict[str, Any], model: str) -> bytes:
     """The JSON body again with `model` replaced: the node is asked for the
     model it serves, never for the alias."""
     return json.dumps({**payload, "model": model}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def with_served_model(shaped: Shaped, model: str) -> bytes:
+    """The request's body naming `model` instead of the alias its `model` field
+    held, so it is a JSON object or a form: the JSON re-encoded, or the form's
+    `model` field rewritten in place (every other byte as it came, the file
+    part's included)."""
+    if shaped.boundary is not None and shaped.body is not None:
+        return with_form_field(shaped.body, shaped.boundary, "model", model)
+    return with_model(shaped.fields, model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.message import Message
 from typing import Any
@@ -26,6 +26,7 @@ RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 FORM_FIELDS = frozenset({"model", "stream"})
 MAX_FORM_VALUE = 1024  # bytes of a small form field read; a model name is far shorter
 MAX_SESSION_CHARS = 256
+DELIMITER_END = re.compile(rb"[ \t]*\r\n")  # after a boundary that starts a part: padding, then the line's end
 # Content-Type headers already parsed: a client sends the same one with every
 # request, and the email package's parser is slow. Bounded: cleared when full.
 _MEDIA_TYPES: dict[str, tuple[str, str | None]] = {}
@@ -48,6 +49,7 @@ class Shaped:
     # rename its model), or a form's small fields; {} for anything else.
     fields: dict[str, Any] = field(default_factory=dict)
     is_json: bool = False
+    boundary: bytes | None = None  # a multipart body's, to rewrite one of its fields
     token_event: bytes = b"data:"  # see routes.Route
     first_token_event: int = 2
 
@@ -61,7 +63,8 @@ def shape_request(
     route = routes.resolve(method, path)
     mimetype, boundary = _media_type(content_type)
     fields = _fields(mimetype, boundary, body)
-    is_json = mimetype != "multipart/form-data" and bool(fields)
+    is_form = mimetype == "multipart/form-data"
+    is_json = not is_form and bool(fields)
     request = route_request(fields, headers.get("X-Session-ID"), generates=route.generates)
     response_id = routes.response_id_in_path(path)
     where = "path"
@@ -83,6 +86,7 @@ def shape_request(
         creates_response=route.creates_response,
         fields=fields,
         is_json=is_json,
+        boundary=boundary.encode("latin-1") if is_form and boundary else None,
         token_event=route.token_event,
         first_token_event=route.first_token_event,
     )
@@ -218,25 +222,68 @@ def _fields(mimetype: str, boundary: str | None, body: bytes) -> dict[str, Any]:
 def form_fields(body: bytes, boundary: bytes, names: frozenset[str]) -> dict[str, str]:
     """The values of the named small fields of a multipart/form-data body
     (RFC 7578). File parts are skipped, never decoded: only their headers are
-    read. Raises BadRequest for a body that is not well framed."""
-    delimiter = b"--" + boundary
+    read. Raises BadRequest for a body that is not well framed, or that names
+    one of these fields twice (nodes differ on which one wins, so routing by
+    one could send the request where the other is not served)."""
     found: dict[str, str] = {}
-    start = body.find(delimiter)
-    if start < 0 or (start > 0 and body[start - 2 : start] != b"\r\n"):
-        raise BadRequest("multipart/form-data body: no part starts with the boundary")
+    for name, is_file, start, end in _form_parts(body, boundary):
+        if name in names and not is_file:
+            if name in found:
+                raise BadRequest(f"multipart/form-data body: more than one {name!r} field")
+            found[name] = body[start : min(end, start + MAX_FORM_VALUE)].decode("utf-8", "replace")
+    return found
+
+
+def with_form_field(body: bytes, boundary: bytes, name: str, value: str) -> bytes:
+    """The multipart/form-data body with the content of its field `name` (the
+    one form_fields read: not a file) replaced by `value`; every other byte
+    as it came, the file parts included. A body without that field comes
+    back unchanged. `value` holds no control characters (a served model
+    name), so it cannot end its part early."""
+    for part, is_file, start, end in _form_parts(body, boundary):
+        if part == name and not is_file:
+            return body[:start] + value.encode("utf-8") + body[end:]
+    return body
+
+
+def _form_parts(body: bytes, boundary: bytes) -> Iterator[tuple[str | None, bool, int, int]]:
+    """(field name, is a file, where its content starts, where it ends) of
+    each part. Raises BadRequest for a body that is not well framed."""
+    delimiter = b"--" + boundary
+    if body.startswith(delimiter) and _ends_delimiter(body, len(delimiter)):
+        start = 0
+    else:  # a preamble, then the first delimiter line
+        start = _next_delimiter(body, delimiter, 0)
+        if start < 0:
+            raise BadRequest("multipart/form-data body: no part starts with the boundary")
+        start += 2
     pos = start + len(delimiter)
     while not body.startswith(b"--", pos):
         head_end = body.find(b"\r\n\r\n", pos)
         if head_end < 0:
             raise BadRequest("multipart/form-data body: a part's headers do not end")
-        end = body.find(b"\r\n" + delimiter, head_end)
+        end = _next_delimiter(body, delimiter, head_end)
         if end < 0:
             raise BadRequest("multipart/form-data body: it does not end with the boundary")
         name, is_file = _disposition(body[pos:head_end].decode("latin-1"))
-        if name in names and not is_file and name not in found:
-            found[name] = body[head_end + 4 : min(end, head_end + 4 + MAX_FORM_VALUE)].decode("utf-8", "replace")
+        yield name, is_file, head_end + 4, end
         pos = end + 2 + len(delimiter)
-    return found
+
+
+def _next_delimiter(body: bytes, delimiter: bytes, start: int) -> int:
+    """Where the next delimiter line begins (its CRLF), at or after `start`;
+    -1 when there is none. As RFC 2046 has it (and the nodes' parsers read
+    it), `--boundary` ends a part only when followed by `--` or by optional
+    blanks and CRLF: a file holding `--boundary-x` is not cut there."""
+    marker = b"\r\n" + delimiter
+    at = body.find(marker, start)
+    while at >= 0 and not _ends_delimiter(body, at + len(marker)):
+        at = body.find(marker, at + 1)
+    return at
+
+
+def _ends_delimiter(body: bytes, pos: int) -> bool:
+    return body.startswith(b"--", pos) or DELIMITER_END.match(body, pos) is not None
 
 
 def _disposition(headers: str) -> tuple[str | None, bool]:

@@ -14,11 +14,12 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dao.inflight import InflightStore
 from dao.stats import BUCKET_SECONDS, BUCKET_TTL, MODEL, NODE, Buckets, StatsStore, bucket_start
+from model.alias import Alias
 from model.errors import StorageUnavailable
 from model.node import Node, NodeStatus
 from model.stats import Counts, summary
@@ -165,11 +166,14 @@ def snapshot(
     *,
     now: float,
     include_address: bool,
+    aliases: Iterable[Alias] = (),
+    include_hidden: bool = False,
 ) -> dict[str, Any]:
-    """Every node with its live state and request statistics, every model, and
-    fleet totals, as the dashboard shows them. Only complete buckets count: the
-    current one is still filling, and each process adds to it up to a flush
-    late."""
+    """Every node with its live state and request statistics, every model, the
+    model aliases, and fleet totals, as the dashboard shows them. Only complete
+    buckets count: the current one is still filling, and each process adds to
+    it up to a flush late. Hidden aliases only with `include_hidden`: a user
+    sees the ones GET /v1/models lists."""
     current = bucket_start(now)
     last = current - BUCKET_SECONDS
     buckets = stats.read(current - MINUTE_SECONDS, last)
@@ -219,6 +223,12 @@ def snapshot(
             "stats": numbers((MODEL, name)),
         })
 
+    alias_rows = [
+        {**alias.to_dict(), "routable": sum(1 for node, row in zip(nodes, node_rows, strict=True)
+                                            if row["routable"] and node.serves(alias.model))}
+        for alias in sorted(aliases, key=lambda a: a.alias) if alias.listed or include_hidden
+    ]
+
     fleet_recent, fleet_minute = Counts(), Counts()
     for key, counts in recent.items():
         if key[0] == NODE:
@@ -243,5 +253,6 @@ def snapshot(
         "totals": totals,
         "nodes": node_rows,
         "models": models,
+        "aliases": alias_rows,
         "series": series,
     }

@@ -168,6 +168,7 @@ function render(data) {
   renderSpark(data.series, data.window.bucket_seconds);
   renderNodes(data.nodes);
   renderModels(data.models);
+  renderAliases(data.aliases || []);
 }
 
 function renderSpark(series, bucket) {
@@ -256,6 +257,21 @@ function renderModels(models) {
     return tr;
   });
   $("models").tBodies[0].replaceChildren(...rows);
+}
+
+function renderAliases(aliases) {
+  const rows = aliases.map((a) => {
+    const tr = el("tr");
+    tr.dataset.alias = a.alias;
+    tr.append(
+      el("td", a.alias, "text"), el("td", a.model, "text"),
+      el("td", a.listed ? "listed" : "hidden", a.listed ? "" : "warn"),
+      el("td", a.routable, a.routable ? "" : "no"),
+    );
+    return tr;
+  });
+  $("aliases").tBodies[0].replaceChildren(...rows);
+  $("aliases-section").hidden = aliases.length === 0;
 }
 
 // --- admin actions, each after a confirmation ---

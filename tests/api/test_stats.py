@@ -29,7 +29,7 @@ def test_reports_reach_the_route_through_the_proxy_hook(app, client, auth_header
     answer = client.get(URL, headers=auth_headers("user"))
     jsonschema_rs.validate(envelope(FLEET_STATS), answer.get_json())  # as /openapi.json describes it
     data = ok_data(answer)
-    assert list(data) == ["window", "totals", "nodes", "models", "series"]
+    assert list(data) == ["window", "totals", "nodes", "models", "aliases", "series"]
     (row,) = data["nodes"]
     assert row["node_id"] == "node-001" and row["alive"] and row["routable"]
     assert "node_address" not in row and "node_port" not in row  # the user role sees no addresses
@@ -50,3 +50,19 @@ def test_an_unreachable_store_is_a_clean_503(client, auth_headers, server):
     server.connected = False
     text = error_text(client.get(URL, headers=headers), 503)
     assert "storage" in text or "unavailable" in text
+
+
+def test_aliases_are_shown_the_hidden_ones_to_operators_only(client, auth_headers):
+    served = "Qwen/Qwen2.5-72B-Instruct"
+    client.post("/api/node/node/register", json={**SEED_REGISTER, "models": [served]}, headers=auth_headers("worker"))
+    for body in ({"alias": "gpt-4o", "model": served}, {"alias": "secret", "model": served, "listed": False},
+                 {"alias": "old", "model": "retired-model"}):
+        ok_data(client.post("/api/alias/set", json=body, headers=auth_headers("admin")))
+    admin = client.get(URL, headers=auth_headers("admin"))
+    jsonschema_rs.validate(envelope(FLEET_STATS), admin.get_json())
+    assert ok_data(admin)["aliases"] == [
+        {"alias": "gpt-4o", "model": served, "listed": True, "routable": 1},
+        {"alias": "old", "model": "retired-model", "listed": True, "routable": 0},
+        {"alias": "secret", "model": served, "listed": False, "routable": 1},
+    ]
+    assert [a["alias"] for a in ok_data(client.get(URL, headers=auth_headers("user")))["aliases"]] == ["gpt-4o", "old"]

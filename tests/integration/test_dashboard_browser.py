@@ -79,6 +79,7 @@ def test_log_in_watch_a_node_arrive_and_drain_it(start_service, redis_url, brows
 
     log_in(browser, service.base_url, "admin", ADMIN_PASSWORD)
     WebDriverWait(browser, 10).until(ec.visibility_of_element_located((By.ID, "no-nodes")))
+    assert not browser.find_element(By.ID, "aliases-section").is_displayed()  # shown only when aliases exist
     assert browser.get_cookies() == []  # the token is in session storage, sent as a Bearer header
     assert browser.execute_script("return sessionStorage.getItem('nvllm.role')") == "admin"
 
@@ -116,12 +117,23 @@ def test_the_user_role_sees_the_fleet_read_only(start_service, redis_url, browse
     service.api("POST", "/api/user/register", token=admin,
                 body={"username": "watcher", "password": "watcher-password-1", "role": "user"})
     service.api("POST", "/api/node/node/register", token=admin, body={
-        "node_id": "gpu-01", "node_address": "127.0.0.1", "node_port": 8000, "node_status": "online"})
+        "node_id": "gpu-01", "node_address": "127.0.0.1", "node_port": 8000, "node_status": "online",
+        "models": ["Qwen/Qwen2.5-72B-Instruct"]})
+    for alias, listed in (("gpt-4o", True), ("internal-qwen", False)):
+        service.api("POST", "/api/alias/set", token=admin,
+                    body={"alias": alias, "model": "Qwen/Qwen2.5-72B-Instruct", "listed": listed})
 
     log_in(browser, service.base_url, "watcher", "watcher-password-1")
     WebDriverWait(browser, 10).until(ec.presence_of_element_located(row("gpu-01")))
     assert browser.find_elements(By.CSS_SELECTOR, "#nodes button") == []
     assert "127.0.0.1" not in browser.find_element(*row("gpu-01")).text  # users see no addresses
+    # The aliases, read-only: a user sees the listed one (as GET /v1/models shows it), not the hidden one.
+    alias_row = WebDriverWait(browser, 10).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, '#aliases tr[data-alias="gpt-4o"]')))
+    assert [cell.text for cell in alias_row.find_elements(By.TAG_NAME, "td")] == [
+        "gpt-4o", "Qwen/Qwen2.5-72B-Instruct", "listed", "1"]
+    assert browser.find_elements(By.CSS_SELECTOR, '#aliases tr[data-alias="internal-qwen"]') == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#aliases-section button, #aliases-section input") == []
     browser.find_element(By.ID, "logout").click()
     WebDriverWait(browser, 5).until(ec.visibility_of_element_located((By.ID, "login-form")))
     assert browser.execute_script("return sessionStorage.getItem('nvllm.token')") is None

@@ -243,6 +243,27 @@ def test_an_alias_is_the_served_model_on_the_messages_and_responses_routes(nvllm
     assert raw.parse().model == "fake-model" and raw.headers["X-NVLLM-Node"] == node
 
 
+def test_an_upload_naming_an_alias_reaches_the_node_as_the_served_model(nvllm, start_fake):
+    whisper = start_fake(["openai/whisper-large-v3"])
+    other = start_fake(["fake-model"])
+    nvllm.register("asr", whisper.port, models=["openai/whisper-large-v3"])
+    nvllm.register("llm", other.port, models=["fake-model"])
+    stores = nvllm.app.extensions["nvllm"]
+    admin = stores.tokens.issue(stores.users.load("admin"), 3600)
+    assert nvllm.post("/api/alias/set", {"alias": "whisper-1", "model": "openai/whisper-large-v3", "listed": False},
+                      token=admin).status == 200
+    client = nvllm.sdk()
+    # The fake answers 404 for a model it does not serve: the form reached it with the served name.
+    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=upload())
+    assert raw.parse().text and raw.headers["X-NVLLM-Node"] == "asr"
+    assert whisper.server.apis.uploads == [(len(AUDIO), zlib.crc32(AUDIO))]
+    assert whisper.stats()["requests_received"] == 1 and other.stats()["requests_received"] == 0
+    with client.audio.transcriptions.with_streaming_response.create(model="whisper-1", file=upload(),
+                                                                    stream=True) as events:
+        chunks = [json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: {")]
+    assert chunks and {chunk["model"] for chunk in chunks} == {"openai/whisper-large-v3"}
+
+
 def test_x_api_key_is_not_accepted_on_the_admin_api(nvllm):
     answer = nvllm.http.request("GET", nvllm.url + "/api/node/node/all", headers={"x-api-key": nvllm.token})
     assert answer.status == 401

@@ -7,7 +7,8 @@ import pytest
 from dao.alias import AliasStore
 from dao.keys import Keys
 from model.alias import Alias
-from service.alias import AliasBook, AliasNotFound, delete_alias, set_alias, with_model
+from service.alias import AliasBook, AliasNotFound, delete_alias, set_alias, with_model, with_served_model
+from service.shape import shape_request
 
 
 class Ticks:
@@ -59,6 +60,17 @@ def test_delete_of_an_unknown_alias_is_not_found(book):
 
 def test_the_rewritten_body_carries_the_served_model():
     assert with_model({"model": "gpt-4o", "prompt": "é"}, "m") == '{"model":"m","prompt":"é"}'.encode()
+
+
+def test_an_upload_names_the_served_model_in_its_form_and_keeps_its_file():
+    audio = bytes(range(256)) * 8
+    body = (b"--xy\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + audio
+            + b"\r\n--xy\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--xy--\r\n")
+    shaped = shape_request("POST", "/v1/audio/transcriptions", "", "multipart/form-data; boundary=xy", body, {})
+    assert with_served_model(shaped, "openai/whisper-large-v3") == body.replace(b"whisper-1",
+                                                                                 b"openai/whisper-large-v3")
+    shaped = shape_request("POST", "/v1/embeddings", "", "application/json", b'{"model": "e", "input": "x"}', {})
+    assert with_served_model(shaped, "m") == b'{"model":"m","input":"x"}'
 
 
 def test_listing_is_sorted(book):

@@ -3,7 +3,11 @@ and the route table that says which path is forwarded how."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from werkzeug.formparser import parse_form_data
+from werkzeug.test import create_environ
 
 from model.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from service import routes
@@ -14,6 +18,7 @@ from service.shape import (
     prefix_blocks,
     prompt_text,
     shape_request,
+    with_form_field,
 )
 
 JSON = "application/json"
@@ -163,10 +168,56 @@ def test_a_file_part_named_model_is_not_taken_for_the_field():
     assert form_fields(body, b"b0und", frozenset({"model"})) == {}
 
 
-def test_form_fields_take_quoted_boundaries_and_the_first_value():
-    body = multipart(("model", None, b"m1"), ("model", None, b"m2"), boundary="a b")
+def test_form_fields_take_quoted_boundaries():
+    body = multipart(("file", "a.wav", b"x"), ("model", None, b"m1"), boundary="a b")
     shaped = shape("/v1/audio/translations", body, content_type='multipart/form-data; boundary="a b"')
-    assert shaped.route.model == "m1"
+    assert shaped.route.model == "m1" and shaped.boundary == b"a b"
+
+
+@pytest.mark.parametrize("name", ["model", "stream"])
+def test_a_routed_form_field_sent_twice_is_a_400(name):
+    # Servers differ on which value wins: routing by one must not let the node read the other.
+    body = multipart((name, None, b"m1"), ("file", "a.wav", b"x"), (name, None, b"m2"))
+    with pytest.raises(BadRequest, match=f"more than one '{name}' field"):
+        shape("/v1/audio/transcriptions", body, content_type="multipart/form-data; boundary=b0und")
+
+
+def parse_form(body: bytes, boundary: str = "b0und"):
+    """The form as werkzeug (another parser than nvllm's) reads it."""
+    environ = create_environ(method="POST", input_stream=io.BytesIO(body), content_length=len(body),
+                             content_type=f"multipart/form-data; boundary={boundary}")
+    _stream, form, files = parse_form_data(environ)
+    return form, files
+
+
+def test_the_model_field_is_rewritten_and_every_other_byte_kept():
+    audio = (b"RIFF\r\n--b0und-ish\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt\r\n"
+             + bytes(range(256)) * 40)
+    body = multipart(("file", "a.wav", audio), ("model", None, b"gpt-4o-transcribe"), ("language", None, b"en"))
+    served = "Qwen/Qwen2-Audio-7B é"
+    rewritten = with_form_field(body, b"b0und", "model", served)
+    before, after = body.split(b"gpt-4o-transcribe")
+    assert rewritten == before + served.encode() + after
+    form, files = parse_form(rewritten)
+    assert form.to_dict(flat=False) == {"model": [served], "language": ["en"]}
+    assert files["file"].read() == audio and files["file"].filename == "a.wav"
+    shaped = shape("/v1/audio/transcriptions", rewritten, content_type="multipart/form-data; boundary=b0und")
+    assert shaped.route.model == served
+
+
+def test_a_boundary_inside_a_longer_line_does_not_end_a_part():
+    # Only `--b0und` then CRLF (or `--`) ends a part, as the node's parser reads it.
+    audio = b"\r\n--b0und-x\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nsmuggled"
+    body = multipart(("file", "a.wav", audio), ("model", None, b"m"))
+    assert form_fields(body, b"b0und", frozenset({"model"})) == {"model": "m"}
+    padded = body.replace(b"--b0und\r\nContent-Disposition: form-data; name=\"model\"",
+                          b"--b0und \t\r\nContent-Disposition: form-data; name=\"model\"")
+    assert form_fields(padded, b"b0und", frozenset({"model"})) == {"model": "m"}
+
+
+def test_a_form_without_the_field_comes_back_as_it_came():
+    body = multipart(("model", "model.bin", b"weights"), ("stream", None, b"true"))
+    assert with_form_field(body, b"b0und", "model", "m") == body
 
 
 @pytest.mark.parametrize(("body", "content_type", "problem"), [
