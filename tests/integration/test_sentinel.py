@@ -95,9 +95,12 @@ def test_a_primary_killed_under_load_is_followed_without_a_restart(start_service
         failed = [(t, status, retry) for t, status, retry in load.api if status != 200]
         assert failed, "the kill was not noticed: no 503 at all"
         assert all(status == 503 and retry and int(retry) >= 1 for _, status, retry in failed), failed
-        recovered_at = min(t for t, status, _ in load.api if t > killed_at and status == 200)
-        assert all(killed_at <= t <= recovered_at for t, _, _ in failed), "503 outside the switch"
-        assert recovered_at - killed_at < SWITCH_WITHIN
+        # The switch lasts from the kill until the API answers steadily again:
+        # a pooled connection to the dead primary may fail once more after the
+        # first good answer, but never before the kill or after the switch.
+        steady_at = max(t for t, _, _ in failed)
+        assert all(t >= killed_at for t, _, _ in failed), "503 before the kill"
+        assert steady_at - killed_at < SWITCH_WITHIN, "503 outside the switch"
         assert service.api("GET", "/api/node/node/get_node/gpu-1", token=token)["node_port"] == fake.port
         assert service.login("alice", "alice-long-password")
         assert service.alive() and "Traceback" not in service.log()
