@@ -17,6 +17,7 @@ from dao.node import NodeStore
 from dao.responses import ResponseStore
 from dao.storage import Storage
 from dao.user import UserStore
+from service.lifecycle import Lifecycle
 from service.token import TokenService
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Services:
     aliases: AliasBook = field(init=False)
     affinity: ResponseAffinity = field(init=False)
     prober: Prober | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 def install(app: Flask, built: Services) -> Services:
