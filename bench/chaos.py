@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -131,6 +132,7 @@ class World:
     ha: RedisHA | None = None
     balancer: Balancer | None = None
     node_args: list[str] = field(default_factory=lambda: ["--max-num-seqs", "64"])
+    nvllm_env: dict[str, str] = field(default_factory=dict)
     redis_url: str = ""
     token: str = ""
     http: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(maxsize=64, retries=False))
@@ -174,7 +176,7 @@ class World:
         for i in range(count):
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not (k.startswith("NVLLM_") or k == "REDIS_URL")}
-            env.update(ENV, REDIS_URL=(redis_urls or [self.redis_url] * count)[i],
+            env.update(ENV, **self.nvllm_env, REDIS_URL=(redis_urls or [self.redis_url] * count)[i],
                        NVLLM_DATA_DIR=str(self.logdir / f"data-{i}"))
             self.nvllm_ports.append(port)
             self.nvllm.append(Proc(f"nvllm-{i}", [sys.executable, "main.py", "--port", str(port)], self.logdir, env))
@@ -622,7 +624,7 @@ class Balancer:
     after 2 passes)."""
 
     def __init__(self, world: World) -> None:
-        self.port, self.stats_port = free_port(), free_port()
+        self.port, self.stats_port, self.logdir = free_port(), free_port(), world.logdir
         servers = "\n".join(f"    server nvllm-{i} 127.0.0.1:{port} check"
                             for i, port in enumerate(world.nvllm_ports))
         config = world.logdir / "haproxy.cfg"
@@ -646,11 +648,27 @@ class Balancer:
                 if row["pxname"] == "nvllm" and row["svname"] != "BACKEND" and row["status"] == "UP"]
 
 
+    def down_reasons(self) -> list[str]:
+        """Why HAProxy's checks took a server out, from its log."""
+        text = (self.logdir / "haproxy.log").read_text(errors="replace")
+        return sorted({m.group(1) for m in re.finditer(r"is DOWN, reason: ([^,]+(?:, code: \d+)?)", text)})
+
+
 def haproxy_binary() -> str:
     return shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
-def rolling_restart(world: World) -> dict:
+# Longer than HAProxy's time to mark a server down here (fall 2 x inter 0.5 s).
+SHUTDOWN_DELAY = "1.5"
+
+
+def rolling_restart(name: str) -> Callable[[World], dict]:
+    def run(world: World) -> dict:
+        return restart_each(world, name)
+    return run
+
+
+def restart_each(world: World, name: str) -> dict:
     """Each instance in turn: SIGTERM to its server process (as `kill PID`,
     or an orchestrator stopping it), wait for it to exit, start it again, and
     wait until HAProxy's checks have it back before the next."""
@@ -671,30 +689,34 @@ def rolling_restart(world: World) -> dict:
             timings[f"nvllm-{i} stop took"] = stopped - started
             timings[f"nvllm-{i} back in HAProxy after its start"] = time.monotonic() - stopped
         time.sleep(3)
-    return report("rolling-restart", load, timings,
+    delay = world.nvllm_env.get("NVLLM_SHUTDOWN_DELAY", "0")
+    return report(name, load, timings,
                   f"both instances behind HAProxy (TCP mode, checks on /readyz), restarted one after the other "
-                  f"with SIGTERM; exit codes {codes}; 'via 0' is HAProxy")
+                  f"with SIGTERM, NVLLM_SHUTDOWN_DELAY={delay}; exit codes {codes}; 'via 0' is HAProxy; "
+                  f"HAProxy took them out on: {balancer.down_reasons()}")
 
 
-SCENARIOS: dict[str, tuple[str, Callable[[World], dict]]] = {
-    "node-kill": ("plain", node_kill),
-    "node-hang": ("plain", node_fault("hang", 8)),
-    "node-error500": ("plain", node_fault("error500", 8)),
-    "node-slow": ("plain", node_fault("slow", 8, factor=5)),
-    "node-drain": ("drain", drain),
-    "instance-kill": ("plain", instance_kill),
-    "redis-kill": ("plain", lambda w: redis_down(w, freeze=False)),
-    "redis-freeze": ("plain", lambda w: redis_down(w, freeze=True)),
-    "instance-partition": ("relay", instance_partition),
-    "redis-failover": ("ha", redis_failover),
-    "rolling-restart": ("balancer", rolling_restart),
+# name: (the world it needs, the scenario, nvllm's environment beyond ENV)
+SCENARIOS: dict[str, tuple[str, Callable[[World], dict], dict[str, str]]] = {
+    "node-kill": ("plain", node_kill, {}),
+    "node-hang": ("plain", node_fault("hang", 8), {}),
+    "node-error500": ("plain", node_fault("error500", 8), {}),
+    "node-slow": ("plain", node_fault("slow", 8, factor=5), {}),
+    "node-drain": ("drain", drain, {}),
+    "instance-kill": ("plain", instance_kill, {}),
+    "redis-kill": ("plain", lambda w: redis_down(w, freeze=False), {}),
+    "redis-freeze": ("plain", lambda w: redis_down(w, freeze=True), {}),
+    "instance-partition": ("relay", instance_partition, {}),
+    "redis-failover": ("ha", redis_failover, {}),
+    "rolling-restart": ("balancer", rolling_restart("rolling-restart"), {"NVLLM_SHUTDOWN_DELAY": SHUTDOWN_DELAY}),
+    "rolling-restart-no-delay": ("balancer", rolling_restart("rolling-restart-no-delay"), {}),
 }
 
 
 def run(name: str) -> dict:
-    kind, scenario = SCENARIOS[name]
+    kind, scenario, env = SCENARIOS[name]
     logdir = Path(tempfile.mkdtemp(prefix=f"nvllm-chaos-{name}-"))
-    world = World(logdir)
+    world = World(logdir, nvllm_env=env)
     log(f"{name}: logs in {logdir}")
     try:
         if kind == "ha":
@@ -734,7 +756,8 @@ def main() -> int:
     for binary in ("redis-server", "redis-sentinel"):
         if not shutil.which(binary):
             parser.error(f"{binary} is not installed (Debian: apt-get install {binary})")
-    if "rolling-restart" in (args.scenarios or SCENARIOS) and not os.access(haproxy_binary(), os.X_OK):
+    needs_haproxy = any(SCENARIOS[name][0] == "balancer" for name in args.scenarios or SCENARIOS)
+    if needs_haproxy and not os.access(haproxy_binary(), os.X_OK):
         parser.error("haproxy is not installed (Debian: apt-get install haproxy)")
     rows = [run(name) for name in args.scenarios or SCENARIOS]
     bad = [r["scenario"] for r in rows if r["failed_before_first_byte"]]
