@@ -59,7 +59,9 @@ def test_a_stopping_instance_fails_readiness_and_still_answers_its_kept_alive_cl
     assert service.process.wait(DELAY + 15) == 0
     assert time.monotonic() - stopped_at >= DELAY
     assert readiness(service.port) == 0  # the listener is closed
-    assert "Traceback" not in service.log()
+    log = service.log()
+    assert f"stopping: /readyz answers 503; the listener closes in {DELAY:g}s" in log
+    assert "Traceback" not in log
 
 
 def test_rolling_restart_behind_haproxy_fails_no_request():
