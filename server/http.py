@@ -245,7 +245,8 @@ class NvllmWorker(GeventWorker):
         gevent.get_hub().loop.run_callback(self._begin_stop)
 
     def _begin_stop(self) -> None:
-        services = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
+        # A worker signalled while it was still loading has no app yet.
+        services = getattr(getattr(self, "wsgi", None), "extensions", {}).get(EXTENSION)
         if services is not None:
             services.lifecycle.drain()
         for waiter in list(self.idle.values()):
