@@ -247,6 +247,10 @@ class Settings:
         "NVLLM_MAX_CONNECTIONS_PER_CLIENT", _int(0, 1_000_000), 1024,
         "connections one client address may hold per worker process; 0 = no cap",
     )
+    shutdown_delay: float = _env(
+        "NVLLM_SHUTDOWN_DELAY", _float(0, 300), 0.0,
+        "on SIGTERM, seconds to keep accepting, /readyz answering 503, before the listener closes",
+    )
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _env(
         "NVLLM_METRICS_ALLOW", _networks, (), "comma-separated networks (CIDR) that may read /metrics; unset = any"
     )

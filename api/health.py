@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from middleware.auth import authenticate
 from middleware.services import services
-from model.errors import Forbidden
+from model.errors import Forbidden, Unavailable
 from model.user import Role
 
 bp = Blueprint("health", __name__)
@@ -22,7 +22,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Redis answers; 503 otherwise."""
+    """Redis answers and the instance is not stopping; 503 otherwise."""
+    if services().lifecycle.draining:
+        raise Unavailable("shutting down: send new requests to another instance")
     services().storage.ping()
     return jsonify({"status": "ready"})
 

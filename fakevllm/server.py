@@ -24,7 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # None is healthy. "down": connections are cut without a response (/fake/* still answers);
 # "refuse": the port stops listening; "error500"/"busy429": every /v1 request fails while
-# /health stays 200; "unhealthy": only /health fails (503); "slow": 10x step time;
+# /health stays 200; "unhealthy": only /health fails (503); "slow": 10x step time (or `factor`);
 # "hang": the engine freezes (streams stall, new requests queue), /health stays 200 as
 # with a wedged vLLM V1 engine.
 FAULT_MODES = (None, "down", "refuse", "error500", "unhealthy", "slow", "hang", "busy429")
@@ -156,14 +156,20 @@ class FakeServer:
         await self.engine.stop()
 
     async def set_fault(self, mode: str | None, duration: float | None = None,
-                        keep: web.Request | None = None) -> None:
-        """Switch fault mode; after `duration` seconds it reverts to healthy."""
+                        keep: web.Request | None = None, factor: float | None = None) -> None:
+        """Switch fault mode; after `duration` seconds it reverts to healthy.
+        `factor` is how many times slower "slow" makes the engine (default 10)."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
         if duration is not None and (not isinstance(duration, (int, float)) or duration < 0):
             raise ValueError(f"duration must be a number of seconds, got {duration!r}")
+        if factor is not None:
+            if mode != "slow":
+                raise ValueError(f"factor applies to the 'slow' mode only, not {mode!r}")
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor <= 1000:
+                raise ValueError(f"factor must be a number from 1 to 1000, got {factor!r}")
         previous = self.fault
-        self._apply_fault(mode)
+        self._apply_fault(mode, SLOWDOWN if factor is None else float(factor))
         if mode in ("down", "refuse"):
             self._cut_connections(keep)
         if mode == "refuse" and self._site:
@@ -192,10 +198,10 @@ class FakeServer:
 
     # -- plumbing -------------------------------------------------------------------
 
-    def _apply_fault(self, mode: str | None) -> None:
+    def _apply_fault(self, mode: str | None, slowdown: float = SLOWDOWN) -> None:
         self.fault = mode
         self._fault_generation += 1
-        self.engine.slowdown = SLOWDOWN if mode == "slow" else 1.0
+        self.engine.slowdown = slowdown if mode == "slow" else 1.0
         self.engine.set_paused(mode == "hang")
 
     async def _listen(self) -> None:
@@ -423,7 +429,7 @@ class FakeServer:
     async def _fault(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
-            await self.set_fault(body.get("mode"), body.get("duration"), keep=request)
+            await self.set_fault(body.get("mode"), body.get("duration"), keep=request, factor=body.get("factor"))
         except (ValueError, AttributeError, TypeError) as err:
             return web.json_response({"error": str(err)}, status=400)
         return web.json_response({"mode": self.fault})
@@ -472,8 +478,8 @@ class FakeVLLM:
         finally:
             self._shutdown_loop()
 
-    def set_fault(self, mode: str | None, duration: float | None = None) -> None:
-        self._call(self.server.set_fault(mode, duration))
+    def set_fault(self, mode: str | None, duration: float | None = None, factor: float | None = None) -> None:
+        self._call(self.server.set_fault(mode, duration, factor=factor))
 
     def stats(self) -> dict[str, Any]:
         return self._call(self._async(self.server.stats))

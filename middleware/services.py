@@ -18,6 +18,7 @@ from dao.responses import ResponseStore
 from dao.stats import StatsStore
 from dao.storage import Storage
 from dao.user import UserStore
+from service.lifecycle import Lifecycle
 from service.token import TokenService
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Services:
     stats_store: StatsStore = field(init=False)
     stats: StatsRecorder = field(init=False)
     prober: Prober | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 def install(app: Flask, built: Services) -> Services:

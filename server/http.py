@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import resource
 import signal
 import socket
@@ -39,8 +40,14 @@ WORKER_CONNECTIONS = 4096
 # gevent workers report to the arbiter from their own loop, so a long stream
 # never trips this; it only catches a worker that blocks its loop.
 TIMEOUT = 60
-# On SIGTERM, requests in flight (streams included) get this long to finish.
+# On SIGTERM, requests in flight (streams included) get this long to finish
+# once the listener is closed (after NVLLM_SHUTDOWN_DELAY).
 GRACEFUL_TIMEOUT = 30
+# Once a stop began, a kept-alive connection waits this long after its last
+# answer for a next request (then served with "Connection: close"). Its
+# client was told keep-alive and sends the next request at once; closing at
+# once would lose that request to the race between the close and the send.
+STOP_IDLE_GRACE = 1.0
 # Longer than the idle timeout of common load balancers in front (60 s), so
 # they, not we, close idle connections and never send on a closing one.
 KEEPALIVE = 75
@@ -130,7 +137,9 @@ class NvllmServer(BaseApplication):
             "workers": self.settings.workers,
             "worker_connections": WORKER_CONNECTIONS,
             "timeout": TIMEOUT,
-            "graceful_timeout": GRACEFUL_TIMEOUT,
+            # The arbiter's deadline for its workers counts from its own
+            # SIGTERM, so it includes the workers' shutdown delay.
+            "graceful_timeout": GRACEFUL_TIMEOUT + math.ceil(self.settings.shutdown_delay),
             "keepalive": KEEPALIVE,
             "preload_app": False,
             "accesslog": None,  # the app logs one line per request itself
@@ -168,12 +177,20 @@ def close_app(app: Any) -> None:
 
 
 class NvllmWorker(GeventWorker):
-    """gunicorn's gevent worker, except that a graceful stop closes idle
-    keep-alive connections at once. gunicorn's own waits for them to time out
-    (KEEPALIVE), so any client holding a pooled connection (an SDK, an agent,
-    a proxy in front) would stretch every restart to GRACEFUL_TIMEOUT.
-    Requests in flight still run to the end; gunicorn closes their
-    connections after the response.
+    """gunicorn's gevent worker, with a stop that loses no request:
+
+    - On SIGTERM the worker keeps accepting for NVLLM_SHUTDOWN_DELAY seconds
+      while /readyz answers 503 and every answer says "Connection: close",
+      so a balancer's health checks take the instance out, and clients on
+      kept-alive connections reconnect elsewhere, before the listener
+      closes. A second SIGTERM (the arbiter forwards its own; a whole
+      process group may get one) changes nothing.
+    - Idle kept-alive connections are closed STOP_IDLE_GRACE after their last
+      answer, not when KEEPALIVE ends: gunicorn's own stop waits for them,
+      so a client holding a pooled connection (an SDK, an agent, a proxy in
+      front) would stretch every restart to GRACEFUL_TIMEOUT.
+    - Requests in flight still run to the end, for up to GRACEFUL_TIMEOUT
+      after the listener closed.
 
     It also bounds what a slow client can hold (slowloris): a request's
     headers must arrive within NVLLM_HEADER_TIMEOUT, its body within
@@ -183,10 +200,12 @@ class NvllmWorker(GeventWorker):
     def init_process(self) -> None:
         self.idle: dict[Any, _IdleWait] = {}
         self.per_client: dict[str, int] = {}
+        self.stopping = False
         settings: Settings = self.app.settings
         self.header_timeout = settings.header_timeout
         self.body_timeout = settings.body_timeout
         self.max_per_client = settings.max_connections_per_client
+        self.shutdown_delay = settings.shutdown_delay
         super().init_process()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
@@ -205,6 +224,8 @@ class NvllmWorker(GeventWorker):
                     self.per_client[peer] = left
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        if self.stopping:
+            req.must_close = True  # gunicorn then answers "Connection: close" and closes after
         if isinstance(sock, _ClientSocket):
             sock.expect_body(self.body_timeout)
         try:
@@ -218,12 +239,29 @@ class NvllmWorker(GeventWorker):
         return _IdleWait(self)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        super().handle_exit(sig, frame)
-        gevent.get_hub().loop.run_callback(self._close_idle)
+        # A signal handler: only flag, and leave the work to the loop.
+        if self.stopping:
+            return
+        self.stopping = True
+        gevent.get_hub().loop.run_callback(self._begin_stop)
 
-    def _close_idle(self) -> None:
+    def _begin_stop(self) -> None:
+        # A worker signalled while it was still loading has no app yet.
+        services = getattr(getattr(self, "wsgi", None), "extensions", {}).get(EXTENSION)
+        if services is not None:
+            services.lifecycle.drain()
         for waiter in list(self.idle.values()):
-            waiter.expire()
+            waiter.expire(STOP_IDLE_GRACE)
+        if self.shutdown_delay > 0:
+            log.info("stopping: /readyz answers 503; the listener closes in %gs", self.shutdown_delay)
+            gevent.spawn_later(self.shutdown_delay, self._stop_accepting)
+        else:
+            self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        # gunicorn's graceful stop: the run loop closes the listener, then
+        # waits for the requests in flight.
+        super().handle_exit(signal.SIGTERM, None)
 
 
 class _IdleWait:
@@ -232,9 +270,11 @@ class _IdleWait:
 
     def __init__(self, worker: NvllmWorker) -> None:
         self.worker = worker
-        # After a stop began, a connection closes rather than wait for more.
-        self.timeout = gevent.Timeout(worker.cfg.keepalive if worker.alive else 0, False)
+        self.began = time.monotonic()
+        wait = min(STOP_IDLE_GRACE, worker.cfg.keepalive) if worker.stopping else worker.cfg.keepalive
+        self.timeout = gevent.Timeout(wait, False)
         self.greenlet: Any = None
+        self.timer: Any = None  # held: a watcher nobody references may never fire
 
     def __enter__(self) -> gevent.Timeout:
         self.greenlet = gevent.getcurrent()
@@ -243,16 +283,25 @@ class _IdleWait:
 
     def __exit__(self, *exc: Any) -> bool | None:
         self.worker.idle.pop(self.greenlet, None)
+        if self.timer is not None:
+            self.timer.stop()
         return self.timeout.__exit__(*exc)
 
-    def expire(self) -> None:
-        self.timeout.cancel()
-        gevent.get_hub().loop.run_callback(self._throw)
+    def expire(self, grace: float) -> None:
+        """End the wait once the connection has been idle `grace` seconds."""
+        left = self.began + grace - time.monotonic()
+        if left <= 0:
+            self.timeout.cancel()
+            gevent.get_hub().loop.run_callback(self._throw)
+        else:
+            self.timer = gevent.get_hub().loop.timer(left)
+            self.timer.start(self._throw)
 
     def _throw(self) -> None:
         # Only if the connection is still idle: a request that arrived since
         # must not be interrupted.
         if self.worker.idle.get(self.greenlet) is self:
+            self.timeout.cancel()
             self.greenlet.throw(self.timeout)
 
 

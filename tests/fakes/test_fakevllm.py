@@ -490,6 +490,19 @@ def test_fault_slow_multiplies_step_time() -> None:
         assert slow > 3 * normal
 
 
+def test_fault_slow_takes_a_factor() -> None:
+    with FakeVLLM(models=[MODEL], step_time=0.01, prefill_time_per_token=0) as fake:
+        fake.set_fault("slow", factor=5)
+        t0 = time.monotonic()
+        complete(fake, max_tokens=10)
+        slow = time.monotonic() - t0
+        assert 10 * 0.01 * 5 * 0.95 <= slow < 10 * 0.01 * 10  # 5x, not the default 10x
+        assert call(fake, "POST", "/fake/fault", {"mode": "slow", "factor": 0.5}).status == 400
+        assert call(fake, "POST", "/fake/fault", {"mode": "hang", "factor": 5}).status == 400
+        assert call(fake, "POST", "/fake/fault", {"mode": "slow", "factor": 2}).json() == {"mode": "slow"}
+        assert fake.server.engine.slowdown == 2
+
+
 def test_fault_hang_holds_requests_until_cleared(fake: FakeVLLM) -> None:
     fake.set_fault("hang")
     with ThreadPoolExecutor(1) as pool:

@@ -32,3 +32,12 @@ def test_readyz_asks_the_store(client, server):
     server.connected = False
     answer = client.get("/readyz")
     assert answer.status_code == 503 and answer.headers["Retry-After"]
+
+
+def test_readyz_answers_503_once_the_server_began_to_stop(app, client):
+    assert client.get("/readyz").status_code == 200
+    app_services(app).lifecycle.drain()  # what the server's worker does on SIGTERM
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert "shutting down" in answer.get_json()["error"]
+    assert client.get("/healthz").status_code == 200  # the process is still up
