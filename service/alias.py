@@ -14,13 +14,13 @@ import json
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from dao.alias import AliasStore
 from model.alias import Alias, validate_alias
 from model.errors import NotFound, StorageUnavailable
+from service.periodic import start_periodic
 from service.shape import Shaped, with_form_field
 
 log = logging.getLogger("nvllm.alias")
@@ -73,9 +73,8 @@ class AliasBook:
         """Check in the background from now on (idempotent)."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=_refresh_loop, args=(weakref.ref(self), self._stop, self._refresh),
-                                        name="nvllm-aliases", daemon=True)
-        self._thread.start()
+        self._thread = start_periodic(self, "_maybe_refresh", self._refresh, self._stop,
+                                      name="nvllm-aliases", log=log, what="alias refresh")
 
     def close(self) -> None:
         self._stop.set()
@@ -99,20 +98,6 @@ class AliasBook:
         finally:
             self._lock.release()
         self._wait = self._refresh
-
-
-def _refresh_loop(ref: weakref.ReferenceType[AliasBook], stop: threading.Event, delay: float) -> None:
-    """Holds the book only weakly between checks, so a dropped app takes its
-    refresher with it."""
-    while not stop.wait(delay):
-        book = ref()
-        if book is None:
-            return
-        try:
-            book._maybe_refresh()
-        except Exception:  # the refresher must outlive any one bad check
-            log.exception("alias refresh failed")
-        del book
 
 
 def set_alias(book: AliasBook, payload: Any) -> Alias:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,6 +22,7 @@ from model.alias import Alias
 from model.errors import StorageUnavailable
 from model.node import Node, NodeStatus
 from model.stats import Counts, summary
+from service.periodic import start_periodic
 
 log = logging.getLogger("nvllm.stats")
 
@@ -131,11 +131,8 @@ class StatsRecorder:
         with self._lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(
-                target=_flush_loop, args=(weakref.ref(self), self._stop, self._interval),
-                name="nvllm-stats", daemon=True,
-            )
-        self._thread.start()
+            self._thread = start_periodic(self, "flush", self._interval, self._stop,
+                                          name="nvllm-stats", log=log, what="request statistics flush")
 
     def close(self) -> None:
         """Stop the flusher and flush what is left (clean shutdown)."""
@@ -143,20 +140,6 @@ class StatsRecorder:
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=2)
         self.flush()
-
-
-def _flush_loop(ref: weakref.ReferenceType[StatsRecorder], stop: threading.Event, delay: float) -> None:
-    """Holds the recorder only weakly between flushes, so an app that is
-    dropped (as in tests) takes its flusher with it."""
-    while not stop.wait(delay):
-        recorder = ref()
-        if recorder is None:
-            return
-        try:
-            recorder.flush()
-        except Exception:  # the flusher must outlive any one bad flush
-            log.exception("request statistics flush failed")
-        del recorder
 
 
 def snapshot(

@@ -7,7 +7,6 @@ import logging
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import jwt
 from dao.user import UserStore
 from model.errors import StorageUnavailable, Unauthorized
 from model.user import JTI, MAX_TOKEN_TTL, Role, User
+from service.periodic import start_periodic
 
 ALGORITHM = "HS256"
 MAX_VERIFIED = 10_000  # tokens whose signature was checked, kept per process
@@ -214,28 +214,11 @@ class TokenService:
         """Start the background refresher (idempotent)."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(
-            target=_refresh_loop, args=(weakref.ref(self), self._stop, self._cache_seconds / 2),
-            name="nvllm-tokens", daemon=True,
-        )
-        self._thread.start()
+        self._thread = start_periodic(self, "refresh_checks", self._cache_seconds / 2, self._stop,
+                                      name="nvllm-tokens", log=log, what="token check refresh")
 
     def close(self) -> None:
         self._stop.set()
-
-
-def _refresh_loop(ref: weakref.ReferenceType[TokenService], stop: threading.Event, delay: float) -> None:
-    """Holds the service only weakly between rounds, so a dropped app takes
-    its refresher with it."""
-    while not stop.wait(delay):
-        service = ref()
-        if service is None:
-            return
-        try:
-            service.refresh_checks()
-        except Exception:  # the refresher must outlive any one bad round
-            log.exception("token check refresh failed")
-        del service
 
 
 def _is_int(value: object) -> bool:
