@@ -30,6 +30,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -51,7 +52,8 @@ sys.path.insert(0, str(ROOT))
 from tests.integration.redis_ha import RedisHA, free_port  # noqa: E402
 
 MODEL = "fake-model"
-ADMIN_PASSWORD = "chaos-admin-password"
+# The throwaway instances' admin password: drawn per run, never a constant.
+ADMIN_PASSWORD = secrets.token_urlsafe(18)
 NODES = 3
 CLIENTS = 12  # streams in flight at once, over both instances
 MAX_TOKENS = 24  # with the fake's 20 ms steps: a stream lasts about half a second
