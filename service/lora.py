@@ -47,6 +47,9 @@ def change(caller: LoraCaller, fleet: Fleet, store: NodeStore, request: AdapterC
     an unload without a base model: every node holding the adapter), then
     record each changed node's adapters as the node now lists them. Raises
     NotFound when no live node qualifies."""
+    # An operator acts on the registry as it is now, not on this instance's
+    # view of it, which may be a refresh behind a node that just registered.
+    fleet.refresh()
     targets = _targets(fleet, request, load=load, now=now)
     if not targets:
         what = f"base model {request.base_model!r}" if request.base_model else f"adapter {request.lora_name!r}"
