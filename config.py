@@ -130,7 +130,9 @@ class Settings:
 
     host: str = _env("NVLLM_HOST", _text, "127.0.0.1", "address to listen on")
     port: int = _env("NVLLM_PORT", _int(1, 65535), 5000, "port to listen on")
-    workers: int = _env("NVLLM_WORKERS", _int(1, 64), 1, "server worker processes")
+    workers: int = _env(
+        "NVLLM_WORKERS", _int(0, 64), 0, "server worker processes; 0 = one per usable CPU core (at most 64)"
+    )
     debug: bool = _env("NVLLM_DEBUG", _bool, False, "Flask debug mode (never in production)")
     log_level: str = _env(
         "NVLLM_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"

@@ -66,6 +66,8 @@ def start_background(services: Services, settings: Settings) -> None:
     from service.probe import Prober
 
     services.proxy.fleet.start()
+    if services.siblings is not None:
+        services.siblings.start()
     services.tokens.start()
     services.aliases.start()
     services.stats.start()
@@ -85,6 +87,7 @@ def init_balancer(settings: Settings, services: Services) -> None:
     from service.proxy import Proxy, UpstreamConfig
     from service.responses import ResponseAffinity
     from service.routing import make_policy
+    from service.siblings import GROUP_ENV
     from service.upstream import pool_manager
 
     http = pool_manager(num_pools=256, maxsize=1024, block=False)
@@ -104,6 +107,7 @@ def init_balancer(settings: Settings, services: Services) -> None:
 
     options = {"affinity_slack": settings.affinity_slack} if settings.routing == "load" else {}
     policy = make_policy(settings.routing, **options)
+    group = os.environ.get(GROUP_ENV)
     fleet = Fleet(
         services.nodes,
         services.inflight,
@@ -113,7 +117,11 @@ def init_balancer(settings: Settings, services: Services) -> None:
         health_check=healthy,
         netpolicy=netpolicy,
         listener=policy,
+        # A worker of a server that runs several: its siblings know it by this.
+        instance_id=f"{group}.{os.getpid()}" if group else None,
     )
+    if group:
+        policy = link_siblings(services, fleet, policy, group)
     config = UpstreamConfig(
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
@@ -137,6 +145,20 @@ def init_balancer(settings: Settings, services: Services) -> None:
         recorder.observe(done)
 
     services.proxy = Proxy(fleet, policy, config, http=http, on_done=on_done)
+
+
+def link_siblings(services: Services, fleet, policy, group: str):
+    """With several workers, each one's policy also hears the others'
+    requests (service/siblings.py); returns the policy the proxy uses."""
+    from service.routing.mirror import MirroredPolicy
+    from service.siblings import SiblingLink
+
+    mirror = MirroredPolicy(policy, publish=lambda e: link.publish(e), lookup=fleet.get,
+                            count=fleet.sibling_flight, clock=services.clock)
+    link = SiblingLink(group, fleet.instance_id, on_event=mirror.apply, on_gone=mirror.sibling_gone)
+    fleet.linked_siblings = link.linked
+    services.siblings = link
+    return mirror
 
 
 def init_stats(services: Services, fleet) -> StatsRecorder:

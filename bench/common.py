@@ -419,12 +419,13 @@ NVLLM_PASSWORD = "bench-" + secrets.token_hex(8)
 
 
 async def start_nvllm(stack: Stack, fleet: Fleet, policy: str = "load", *, instances: int = 1,
-                      redis_url: str | None = None, workers: int = 1, name: str = "nvllm",
+                      redis_url: str | None = None, workers: int | None = None, name: str = "nvllm",
                       extra_env: dict[str, str] | None = None, source: Path = ROOT) -> Target:
     """`python main.py` (gunicorn + gevent), with its embedded store unless
     redis_url is given; registers the fleet's nodes and waits until each
     instance can route. `source` is the checkout to run (another one, a git
-    worktree of a base commit say, for an A/B comparison in one run)."""
+    worktree of a base commit say, for an A/B comparison in one run).
+    `workers` None is nvllm's default: one per usable core."""
     if instances > 1 and not redis_url:
         raise ValueError("several instances need a shared REDIS_URL")
     urls, pids = [], []
@@ -436,7 +437,7 @@ async def start_nvllm(stack: Stack, fleet: Fleet, policy: str = "load", *, insta
             "NVLLM_DATA_DIR": str(data_dir / "data"),
             "NVLLM_ADMIN_PASSWORD": NVLLM_PASSWORD,
             "NVLLM_ROUTING": policy,
-            "NVLLM_WORKERS": str(workers),
+            **({"NVLLM_WORKERS": str(workers)} if workers is not None else {}),
             **(extra_env or {}),
         }
         # Empty means unset: the embedded store, whatever this shell exports.
@@ -530,10 +531,14 @@ async def probe_chat(target: Target) -> bool:
 
 
 async def start_target(stack: Stack, fleet: Fleet, name: str, policy: str) -> Target:
-    if name == "nvllm":
-        return await start_nvllm(stack, fleet, policy)
-    if name.startswith("nvllm@"):  # nvllm@DIR: the checkout in DIR, e.g. a worktree of the base commit
-        return await start_nvllm(stack, fleet, policy, name=name, source=Path(name[len("nvllm@"):]).resolve())
+    # nvllm*N: N server workers (without it, nvllm's default: one per core).
+    base, _, count = name.partition("*")
+    workers = int(count) if count else None
+    if base == "nvllm":
+        return await start_nvllm(stack, fleet, policy, name=name, workers=workers)
+    if base.startswith("nvllm@"):  # nvllm@DIR: the checkout in DIR, e.g. a worktree of the base commit
+        return await start_nvllm(stack, fleet, policy, name=name, workers=workers,
+                                 source=Path(base[len("nvllm@"):]).resolve())
     if name == "vllm-router":
         return await start_vllm_router(stack, fleet, policy)
     if name == "sglang-router":

@@ -38,7 +38,7 @@ async def measure(instances: int, policy: str, plan, logdir, drain: float) -> di
         fleet = await Fleet(stack, FLEET, name=f"fake-x{instances}").ready()
         redis_url = await start_valkey(stack)
         target = await start_nvllm(stack, fleet, policy, instances=instances, redis_url=redis_url,
-                                   name=f"nvllm-x{instances}-")
+                                   workers=1, name=f"nvllm-x{instances}-")
         before = await fleet.stats()
         async with Meter(target.pids) as meter:
             outcomes, span = await open_loop(target, plan, timeout=TIMEOUT, drain=drain)

@@ -192,7 +192,7 @@ async def profile_server(args: argparse.Namespace) -> None:
         else:
             fleet = await Fleet(stack, FleetSpec(speeds=(1.0,), max_num_seqs=4096, step_time=0.0,
                                                  prefill_time_per_token=0.0)).ready()
-        target = await start_nvllm(stack, fleet, "load", source=source)
+        target = await start_nvllm(stack, fleet, "load", source=source, workers=1)
         arbiter = target.pids[0]
         # The gevent worker: the arbiter's python child (the other is the embedded store).
         workers = [p for p in process_tree(arbiter)[1:] if "python" in Path(f"/proc/{p}/exe").resolve().name]

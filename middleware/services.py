@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from service.probe import Prober
     from service.proxy import Proxy, UserSlots
     from service.responses import ResponseAffinity
+    from service.siblings import SiblingLink
     from service.stats import StatsRecorder
 
 EXTENSION = "nvllm"
@@ -58,6 +59,7 @@ class Services:
     stats_store: StatsStore = field(init=False)
     stats: StatsRecorder = field(init=False)
     prober: Prober | None = None
+    siblings: SiblingLink | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 

@@ -13,7 +13,9 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import resource
+import secrets
 import signal
 import socket
 import sys
@@ -29,8 +31,10 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from config import Settings
 from middleware.services import EXTENSION
+from server.cpus import usable_cpus
 from server.metrics_dir import worker_gone
 from server.store import SERVICE, StoreError, open_store
+from service.siblings import GROUP_ENV
 
 log = logging.getLogger("nvllm.http")
 
@@ -51,6 +55,8 @@ STOP_IDLE_GRACE = 1.0
 # Longer than the idle timeout of common load balancers in front (60 s), so
 # they, not we, close idle connections and never send on a closing one.
 KEEPALIVE = 75
+# NVLLM_WORKERS=0 (the default) starts one worker per usable core, up to this.
+MAX_WORKERS = 64
 # Each proxied stream holds two descriptors (client and node).
 WANTED_OPEN_FILES = 65536
 
@@ -86,7 +92,12 @@ def serve(settings: Settings, app_factory: Callable[[Settings], Any]) -> int:
 
 def serve_gunicorn(settings: Settings, address: str, app_factory: Callable[[Settings], Any]) -> int:
     try:
-        NvllmServer(settings, app_factory=app_factory, on_ready=lambda: _announce(address)).run()
+        workers = worker_count(settings)
+        note = f" ({workers} worker{'s' if workers > 1 else ''})"
+        if workers > 1:
+            # The workers of this server find each other by it (service/siblings.py).
+            os.environ[GROUP_ENV] = secrets.token_hex(6)
+        NvllmServer(settings, app_factory=app_factory, on_ready=lambda: _announce(address, note)).run()
     except SystemExit as exc:  # gunicorn always leaves through sys.exit
         return _exit_code(exc)
     return 0
@@ -96,6 +107,13 @@ def _exit_code(exc: SystemExit) -> int:
     if exc.code is None or isinstance(exc.code, int):
         return exc.code or 0
     return 1
+
+
+def worker_count(settings: Settings) -> int:
+    """NVLLM_WORKERS, or one worker per core this process may use: every
+    core moves bytes, and routing stays consistent across workers through
+    the shared load (README, "Several workers")."""
+    return settings.workers or min(usable_cpus(), MAX_WORKERS)
 
 
 def serve_debug(settings: Settings, address: str, app_factory: Callable[[Settings], Any]) -> int:
@@ -134,7 +152,7 @@ class NvllmServer(BaseApplication):
         options = {
             "bind": [gunicorn_bind(self.settings.host, self.settings.port)],
             "worker_class": NvllmWorker,
-            "workers": self.settings.workers,
+            "workers": worker_count(self.settings),
             "worker_connections": WORKER_CONNECTIONS,
             "timeout": TIMEOUT,
             # The arbiter's deadline for its workers counts from its own
@@ -173,6 +191,8 @@ def close_app(app: Any) -> None:
     services.tokens.close()
     services.aliases.close()
     services.proxy.fleet.close()
+    if services.siblings is not None:
+        services.siblings.close()
     services.stats.close()  # its last second of request statistics
 
 
@@ -446,8 +466,8 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _announce(address: str) -> None:
-    print(f"nvllm listening on {address}", flush=True)
+def _announce(address: str, note: str = "") -> None:
+    print(f"nvllm listening on {address}{note}", flush=True)
 
 
 def _exit_now(signum: int, _frame: Any) -> None:

@@ -50,8 +50,9 @@ class Fleet:
         health_check: Callable[[Node], bool] | None = None,
         netpolicy: NetworkPolicy | None = None,
         listener: ReportListener | None = None,
+        instance_id: str | None = None,
     ) -> None:
-        self.instance_id = uuid.uuid4().hex[:12]
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._nodes = nodes
         self._inflight = inflight
         self._interval = refresh_interval
@@ -72,6 +73,9 @@ class Fleet:
         self.listener = listener
         # Told (node_id, ejected) when a node is ejected or recovers: metrics count ejections.
         self.on_breaker: Callable[[str, bool], None] | None = None
+        # The instance ids of this server's other workers whose requests reach
+        # us live (sibling_flight): their published counts are not added again.
+        self.linked_siblings: Callable[[], set[str]] = set
 
     # --- reading the view ---
 
@@ -125,6 +129,14 @@ class Fleet:
             # A trial that ended with neither verdict (429, client gone) must
             # not keep the node out for good: the next one may start.
             state.breaker.trial_running = False
+
+    def sibling_flight(self, node_id: str, delta: int) -> None:
+        """Another worker of this server sent a request to the node (+1) or
+        ended one (-1)."""
+        with self._lock:
+            state = self._states.get(node_id)
+            if state is not None:
+                state.sibling_inflight = max(0, state.sibling_inflight + delta)
 
     def record_success(self, state: NodeState) -> None:
         if state.breaker.success():
@@ -207,8 +219,9 @@ class Fleet:
 
     def _apply(self, nodes: list[Node], others: dict[str, dict[str, int]], now: float) -> None:
         remote: dict[str, int] = {}
+        live = self.linked_siblings()
         for instance_id, counts in others.items():
-            if instance_id == self.instance_id:
+            if instance_id == self.instance_id or instance_id in live:
                 continue
             for node_id, n in counts.items():
                 remote[node_id] = remote.get(node_id, 0) + n

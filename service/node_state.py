@@ -16,6 +16,7 @@ class NodeState:
     node: Node
     local_inflight: int = 0  # this instance's requests in flight to the node
     remote_inflight: int = 0  # the other instances', as they last published them
+    sibling_inflight: int = 0  # this server's other workers', as they tell us (service/siblings.py)
     reported_running: int = 0
     reported_waiting: int = 0
     # What the node's last report counted beyond the requests the balancers
@@ -34,7 +35,7 @@ class NodeState:
 
     @property
     def inflight(self) -> int:
-        return self.local_inflight + self.remote_inflight
+        return self.local_inflight + self.sibling_inflight + self.remote_inflight
 
     @property
     def load(self) -> int:

@@ -130,10 +130,23 @@ class LoadPolicy(Policy):
                 chosen = random.choice(near)
             kind, why = "load", ""
         estimate = estimates[chosen.node_id]
-        cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN if chosen.node_id == affine else 0.0
-        memo = _Memo(request.blocks, request.session, continues, depth > 0, max(0.0, request.prompt_tokens - cached))
+        memo = self._memo(request, chosen.node_id, affine, depth, continues, shared=depth > 0)
         return Decision(chosen, f"load {why}ttft={estimate.ttft:.3f}s end={estimate.end:.2f}s", kind,
                         estimate, memo)
+
+    def decided_elsewhere(self, state: NodeState, request: RouteRequest, estimate: Estimate | None) -> Decision:
+        affine, depth = self.prefixes.longest_match(request.blocks, {state.node_id})
+        self.model.asked(request.out_tokens)
+        shared = bool(request.blocks) and self.prefixes.owner(request.blocks[0]) is not None
+        memo = self._memo(request, state.node_id, affine, depth, self.conversations.continued(request.blocks),
+                          shared=shared)
+        return Decision(state, "sibling", "sibling", estimate, memo)
+
+    @staticmethod
+    def _memo(request: RouteRequest, node_id: str, affine: str | None, depth: int,
+              continues: bytes | None, *, shared: bool) -> _Memo:
+        cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN if node_id == affine else 0.0
+        return _Memo(request.blocks, request.session, continues, shared, max(0.0, request.prompt_tokens - cached))
 
     # --- events ---
 

@@ -8,6 +8,10 @@ stream, `failed` when the attempt is abandoned (a connect error, or a status
 retried on another node), and always `done` once at the end. The fleet view
 tells it each node report (`report`) and each node gone (`forget`). A policy
 keeps whatever it learns from these to itself; the proxy never reads it.
+
+A request another worker of the same server routed reaches the policy as the
+same events, its Decision rebuilt by `decided_elsewhere`
+(service/routing/mirror.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ class Policy:
 
     def choose(self, candidates: Sequence[NodeState], request: RouteRequest, now: float) -> Decision:
         raise NotImplementedError
+
+    def decided_elsewhere(self, state: NodeState, request: RouteRequest, estimate: Estimate | None) -> Decision:
+        """The Decision `choose` would have handed back had it picked `state`
+        for this request: another worker picked it, and `sent` follows."""
+        return Decision(state, "sibling", "sibling", estimate)
 
     def sent(self, ticket: int, decision: Decision, request: RouteRequest, *, stream: bool, now: float) -> None:
         """The request is on its way to the decision's node."""

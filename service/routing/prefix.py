@@ -24,6 +24,10 @@ class PrefixIndex:
                 return owner, depth
         return None, 0
 
+    def owner(self, block: bytes) -> str | None:
+        """The node that last served this block, if any."""
+        return self._owner.get(block)
+
     def record(self, blocks: list[bytes], node_id: str) -> None:
         for block in blocks:
             self._owner[block] = node_id

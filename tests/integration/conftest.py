@@ -142,7 +142,7 @@ class Service:
         return self.process.returncode
 
 
-def service_env(data_dir: Path, redis_url: str | None, extra: dict[str, str]) -> dict[str, str]:
+def service_env(data_dir: Path, redis_url: str | None, extra: dict[str, str | None]) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not (k.startswith("NVLLM_") or k == "REDIS_URL")
     }
@@ -150,12 +150,16 @@ def service_env(data_dir: Path, redis_url: str | None, extra: dict[str, str]) ->
         NVLLM_DATA_DIR=str(data_dir),
         NVLLM_ADMIN_PASSWORD=ADMIN_PASSWORD,
         NVLLM_LOG_LEVEL="INFO",
+        # One worker unless a test asks for more: what a test of one
+        # instance sees must not depend on how many cores the machine has.
+        NVLLM_WORKERS="1",
         PYTHONUNBUFFERED="1",
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
     env.update(extra)
-    return env
+    # A value of None leaves the variable unset: nvllm's own default.
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def run_cli(
@@ -204,7 +208,7 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     Without redis_url it runs its embedded store in data_dir."""
     started: list[Service] = []
 
-    def start(redis_url: str | None = None, data_dir: Path | None = None, **extra: str) -> Service:
+    def start(redis_url: str | None = None, data_dir: Path | None = None, **extra: str | None) -> Service:
         data_dir = data_dir or tmp_path / f"data-{len(started)}"
         port = free_port()
         log_path = tmp_path / f"nvllm-{len(started)}-{port}.log"

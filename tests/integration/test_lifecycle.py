@@ -24,7 +24,7 @@ def register(service, token: str, node_id: str) -> dict:
 def test_sigterm_stops_cleanly_and_restart_keeps_every_node(start_service, tmp_path):
     data_dir = tmp_path / "data"
     service = start_service(data_dir=data_dir, NVLLM_WORKERS="2")
-    assert f"nvllm listening on {service.base_url}" in service.log()
+    assert f"nvllm listening on {service.base_url} (2 workers)" in service.log()
     token = service.login()
     before = {n: register(service, token, n) for n in (f"gpu-{i:03d}" for i in range(30))}
     store_pid = service.store_state()["pid"]
@@ -50,6 +50,26 @@ def test_sigterm_stops_cleanly_and_restart_keeps_every_node(start_service, tmp_p
         for name in ("create_time", "remark", "node_info", "node_address", "timeout"):
             assert node[name] == kept[name], name
     assert again.store_state()["pid"] != store_pid
+
+
+def test_by_default_one_worker_per_usable_core(start_service):
+    from server.cpus import usable_cpus
+
+    service = start_service(NVLLM_WORKERS=None)
+    expected = min(usable_cpus(), 64)
+    assert f"nvllm listening on {service.base_url} ({expected} worker{'s' if expected > 1 else ''})" in service.log()
+    wait_for(lambda: len(worker_pids(service.process.pid)) == expected, 10, f"{expected} workers")
+
+
+def worker_pids(arbiter: int) -> list[int]:
+    """gunicorn's workers: the arbiter's children that run Python (not the
+    embedded store's server)."""
+    try:
+        with open(f"/proc/{arbiter}/task/{arbiter}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    return [p for p in children if "python" in os.path.basename(os.readlink(f"/proc/{p}/exe"))]
 
 
 def test_a_killed_embedded_store_is_restarted_with_its_data(start_service, tmp_path):
