@@ -37,7 +37,7 @@ def pair():
     workers = {901, 902, os.getpid()}
     ears = [Ear(), Ear()]
     links = [SiblingLink(group, f"{group}.{pid}", ear.on_event, ear.on_gone, discover=lambda: set(workers), pid=pid)
-             for pid, ear in zip((901, 902), ears)]
+             for pid, ear in zip((901, 902), ears, strict=True)]
     for link in links:
         link.start()
     yield links, ears, workers
