@@ -57,7 +57,20 @@ def arbiter_children() -> set[int]:
         with open(f"/proc/{parent}/task/{parent}/children") as f:
             return {int(p) for p in f.read().split()}
     except (OSError, ValueError):
-        return set()
+        pass
+    # A kernel without that file (CONFIG_PROC_CHILDREN off): every process's parent.
+    children = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == parent:
+                children.add(int(entry))
+    return children
 
 
 class SiblingLink:

@@ -98,3 +98,30 @@ def test_a_malformed_message_closes_the_link(pair):
     late.close()
     wait_for(lambda: ear1.gone == ["w9"], 5, "the link to end")
     assert ear1.events == [("w9", ["d", 1, 1.0]), ("w9", ["zz"])]
+
+
+def test_the_siblings_are_the_parents_children(monkeypatch):
+    import subprocess
+    import sys
+
+    from service import siblings
+
+    # This process stands for the server; its children for the workers.
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(2)]
+    try:
+        monkeypatch.setattr(siblings.os, "getppid", lambda: os.getpid())
+        found = siblings.arbiter_children()
+        assert {c.pid for c in children} <= found
+        real_open = open
+
+        def no_children_file(path, *args, **kwargs):
+            if str(path).endswith("/children"):
+                raise FileNotFoundError(path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", no_children_file)
+        assert {c.pid for c in children} <= siblings.arbiter_children()
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
