@@ -15,7 +15,7 @@ server process's other children; a connection is accepted only from one of
 them running as the same user (SO_PEERCRED). Each message is one line of
 JSON: a list of events, the first a hello naming the sender's instance id.
 Events are queued by the request's greenlet (no I/O there) and written in
-batches by a background thread. A sibling that stops reading for
+batches by a background thread, at most FLUSH_DELAY after they happened. A sibling that stops reading for
 SEND_TIMEOUT loses its connection, and with it everything it learned from
 this worker; it reconnects at the next discovery. Nothing here is needed to
 route: without siblings each worker routes on its own, as before.
@@ -39,6 +39,9 @@ log = logging.getLogger("nvllm.siblings")
 # Set by the server for its workers when it runs more than one.
 GROUP_ENV = "NVLLM_SIBLING_GROUP"
 DISCOVER_EVERY = 1.0  # seconds between looks for new siblings
+# Events wait this long to go out together: one write (and one wake-up of
+# each sibling) per batch, not per event, for at most this much staleness.
+FLUSH_DELAY = 0.002
 SEND_TIMEOUT = 2.0  # a sibling that reads nothing for this long is dropped
 MAX_QUEUED = 200_000  # events; beyond, the slowest link is dropped, not memory
 MAX_LINE = 4 << 20  # bytes of one message; a longer one ends the connection
@@ -147,7 +150,8 @@ class SiblingLink:
             if clock() >= next_look:
                 self._connect_new()
                 next_look = clock() + DISCOVER_EVERY
-            self._wake.wait(DISCOVER_EVERY)
+            if self._wake.wait(DISCOVER_EVERY) and not self._stop.is_set():
+                time.sleep(FLUSH_DELAY)
             self._wake.clear()
             if self._stop.is_set():
                 return

@@ -8,8 +8,9 @@ it measures), its prompt in this worker's prefix index, its session in this
 worker's session table, exactly as if this worker had sent it. The fleet
 view counts it in the node's in-flight load too (`count`).
 
-Stream progress goes out every PROGRESS_EVERY tokens, not per chunk: enough
-for the speeds and the slots' remaining work, at a fraction of the cost.
+Stream progress goes out every PROGRESS_EVERY tokens (and at the end), not
+per chunk: enough for the speeds and the slots' remaining work, at a
+fraction of the cost.
 A sibling gone (exited, or its link lost) takes its requests with it.
 """
 
@@ -23,7 +24,7 @@ from service.node_state import NodeState
 from service.routing.policy import Decision, Estimate, Policy
 from service.routing.request import MAX_BLOCKS, MAX_OUT_TOKENS, RouteRequest
 
-PROGRESS_EVERY = 16  # tokens between the progress events a sibling hears
+PROGRESS_EVERY = 32  # tokens between the progress events a sibling hears
 
 Event = list[Any]
 
