@@ -206,14 +206,22 @@ class LoadModel:
         measured = [t for t in (self.nodes[i].token_time for i in node_ids if i in self.nodes) if t]
         return statistics.median(measured) if measured else FALLBACK_TOKEN_TIME
 
+    def default_prefill_time(self, node_ids: Iterable[str]) -> float | None:
+        """The fleet's median seconds per prompt token, None before any node
+        was measured. A node nobody measured yet is taken to be a typical one:
+        a guess far above its peers would keep it from ever being tried."""
+        measured = [p for p in (self.nodes[i].prefill_time for i in node_ids if i in self.nodes) if p is not None]
+        return statistics.median(measured) if measured else None
+
     def expect(self, node_id: str, *, load: int, uncached: float, out_tokens: int, default_token_time: float,
-               now: float) -> Expected:
+               now: float, default_prefill_time: float | None = None) -> Expected:
         """When a request with `uncached` prompt tokens and `out_tokens` to
         generate would start and end on the node, `load` counting what it
         holds or will hold (see NodeState.load)."""
         n = self.node(node_id)
         t = n.token_time or default_token_time
-        per_prompt_token = n.prefill_time if n.prefill_time is not None else t * FALLBACK_PREFILL_STEPS
+        per_prompt_token = n.prefill_time if n.prefill_time is not None else (
+            default_prefill_time if default_prefill_time is not None else t * FALLBACK_PREFILL_STEPS)
         prefill = per_prompt_token * uncached
         mean_out = self.mean_out if self.mean_out is not None else float(out_tokens)
         slot_wait = n.slot_wait(now, t, mean_out, load)

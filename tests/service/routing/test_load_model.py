@@ -202,6 +202,18 @@ def test_a_first_token_on_time_with_more_running_raises_the_slots(clock):
     assert n.saturated_at == 7
 
 
+def test_a_node_not_measured_yet_gets_the_fleets_median_prefill(clock):
+    model = LoadModel()
+    for node_id, p in (("a", 0.001), ("b", 0.002), ("c", 0.004)):
+        model.node(node_id).prefill_time = p
+    median = model.default_prefill_time(["a", "b", "c", "new"])
+    assert median == pytest.approx(0.002)
+    e = model.expect("new", load=0, uncached=1000, out_tokens=10, default_token_time=0.05,
+                     default_prefill_time=median, now=clock())
+    assert e.prefill == pytest.approx(2.0)  # not 0.01 x 0.05 s x 1000 = 0.5 s, nor anything far from its peers
+    assert model.default_prefill_time(["new"]) is None
+
+
 def test_a_first_token_that_waited_for_a_slot_says_nothing_of_the_prefill(clock):
     model = LoadModel()
     model.sent(1, "a", out_tokens=10, stream=True, expected_ttft=1.0, prefill=0.0, queued=True, uncached=1000,
