@@ -24,7 +24,9 @@ token and when its last, and takes the cheapest
 - slot_wait(n): 0 while load(n) < slots(n); else when the k-th batch slot
   frees, k = load(n) + 1 - slots(n) (see NodeLoad.slot_wait). slots(n) is
   what n ran when its reports last showed a queue; before that, one more
-  than the most it was seen running, so it grows as the node is used.
+  than the most it was seen running, so it grows as the node is used; between
+  reports, lowered to what held a slot when one of our streams was sent if
+  its first token came over 8 decode steps late (see LoadModel.first_token).
 - late(n): how much later than estimated the node's first tokens came lately
   (a moving average of the error, halved every 3 s without news): whatever
   the model misses about a node shows there and corrects it.
