@@ -14,7 +14,8 @@ token and when its last, and takes the cheapest
   long ones.
 - out: the request's max_tokens (256 when unset).
 - prefill(n): seconds per uncached prompt token, measured on the node's first
-  tokens that did not wait for a slot (0.01 t(n) until measured), times the
+  tokens that did not wait for a slot (until measured, the fleet's median of
+  the measured nodes', and 0.01 t(n) before any), times the
   prompt tokens (characters / 4) not already in n's prefix cache, as far as
   nvllm's prefix index knows.
 - backlog(n): seconds of prompt processing nvllm sent n that n has not worked
@@ -23,7 +24,9 @@ token and when its last, and takes the cheapest
 - slot_wait(n): 0 while load(n) < slots(n); else when the k-th batch slot
   frees, k = load(n) + 1 - slots(n) (see NodeLoad.slot_wait). slots(n) is
   what n ran when its reports last showed a queue; before that, one more
-  than the most it was seen running, so it grows as the node is used.
+  than the most it was seen running, so it grows as the node is used; between
+  reports, lowered to what held a slot when one of our streams was sent if
+  its first token came over 8 decode steps late (see LoadModel.first_token).
 - late(n): how much later than estimated the node's first tokens came lately
   (a moving average of the error, halved every 3 s without news): whatever
   the model misses about a node shows there and corrects it.
@@ -92,6 +95,7 @@ class LoadPolicy(Policy):
                   affine: str | None = None, depth: int = 0, continues: bytes | None = None) -> dict[str, Estimate]:
         """Expected seconds to first token and to the end, per candidate."""
         default = self.model.default_token_time(s.node_id for s in candidates)
+        default_prefill = self.model.default_prefill_time(s.node_id for s in candidates)
         prompt = request.prompt_tokens
         cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN
         found = {}
@@ -101,7 +105,7 @@ class LoadPolicy(Policy):
             if continues is None:
                 load = max(load, self.conversations.resident(s.node_id, now))
             e = self.model.expect(s.node_id, load=load, uncached=uncached, out_tokens=request.out_tokens,
-                                  default_token_time=default, now=now)
+                                  default_token_time=default, default_prefill_time=default_prefill, now=now)
             kv_penalty = 1.0 + 10.0 * max(0.0, (s.kv_usage or 0.0) - 0.9)
             cost = (e.ttft * (1 + TTFT_WEIGHT) + e.token_time * request.out_tokens) * kv_penalty
             found[s.node_id] = Estimate(ttft=e.ttft, end=e.end, prefill=e.prefill, cost=cost, queued=e.queued)

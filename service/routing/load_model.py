@@ -31,6 +31,10 @@ EWMA_WEIGHT = 0.2  # weight of a new sample in every moving average here
 TTFT_ERROR_HALF_LIFE = 3.0  # seconds: an old surprise fades, so a node it penalized gets traffic again
 MAX_QUEUE_STEPS = 64  # slot releases simulated at most, per estimate
 MIN_PREFILL_SAMPLE = 64  # prompt tokens: shorter prompts say more about a step than about prefill
+# A first token later than estimated by this many of the node's decode steps
+# waited for a batch slot: prefill jitter is a step or two, while the first of
+# a full batch's slots frees only as its shortest answer ends.
+QUEUE_EVIDENCE_STEPS = 8
 MEAN_OUT_WEIGHT = 0.05
 
 
@@ -46,6 +50,7 @@ class Flight:
     prefill: float  # seconds of prefill the estimate said it adds to the node
     uncached: float  # its prompt tokens the node had not cached, by nvllm's index
     queued: bool  # the estimate expected it to wait for a slot
+    running_at_send: int = 0  # ours holding a slot on the node when it was sent
     answered: bool = False
     first_at: float | None = None  # when its first token came (a whole answer: when answered)
     tokens: int = 0  # tokens relayed so far
@@ -201,14 +206,22 @@ class LoadModel:
         measured = [t for t in (self.nodes[i].token_time for i in node_ids if i in self.nodes) if t]
         return statistics.median(measured) if measured else FALLBACK_TOKEN_TIME
 
+    def default_prefill_time(self, node_ids: Iterable[str]) -> float | None:
+        """The fleet's median seconds per prompt token, None before any node
+        was measured. A node nobody measured yet is taken to be a typical one:
+        a guess far above its peers would keep it from ever being tried."""
+        measured = [p for p in (self.nodes[i].prefill_time for i in node_ids if i in self.nodes) if p is not None]
+        return statistics.median(measured) if measured else None
+
     def expect(self, node_id: str, *, load: int, uncached: float, out_tokens: int, default_token_time: float,
-               now: float) -> Expected:
+               now: float, default_prefill_time: float | None = None) -> Expected:
         """When a request with `uncached` prompt tokens and `out_tokens` to
         generate would start and end on the node, `load` counting what it
         holds or will hold (see NodeState.load)."""
         n = self.node(node_id)
         t = n.token_time or default_token_time
-        per_prompt_token = n.prefill_time if n.prefill_time is not None else t * FALLBACK_PREFILL_STEPS
+        per_prompt_token = n.prefill_time if n.prefill_time is not None else (
+            default_prefill_time if default_prefill_time is not None else t * FALLBACK_PREFILL_STEPS)
         prefill = per_prompt_token * uncached
         mean_out = self.mean_out if self.mean_out is not None else float(out_tokens)
         slot_wait = n.slot_wait(now, t, mean_out, load)
@@ -229,9 +242,9 @@ class LoadModel:
 
     def sent(self, ticket: int, node_id: str, *, out_tokens: int, stream: bool, expected_ttft: float | None,
              prefill: float, queued: bool, uncached: float, now: float) -> None:
-        flight = Flight(node_id, now, out_tokens, stream, expected_ttft=expected_ttft, prefill=prefill,
-                        uncached=uncached, queued=queued)
         n = self.node(node_id)
+        flight = Flight(node_id, now, out_tokens, stream, expected_ttft=expected_ttft, prefill=prefill,
+                        uncached=uncached, queued=queued, running_at_send=n.started)
         n.flights[ticket] = flight
         if stream:
             n.starting[ticket] = now
@@ -257,8 +270,19 @@ class LoadModel:
         flight.tokens_at_first = flight.tokens
         n = self.node(flight.node_id)
         n.starting.pop(ticket, None)
-        n.most_running = max(n.most_running, n.started)
         seen = now - flight.sent_at
+        step = n.token_time or 0.0
+        if (flight.expected_ttft is not None and not flight.queued and step
+                and seen > flight.expected_ttft + QUEUE_EVIDENCE_STEPS * step):
+            # Sent to a batch thought to have room, it waited for a slot: the
+            # batch was full with what held a slot then. Between the node's
+            # reports, this is what keeps a fast node from being overfilled.
+            full = max(1, flight.running_at_send)
+            n.saturated_at = min(n.saturated_at, full) if n.saturated_at else full
+        else:
+            n.most_running = max(n.most_running, n.started)
+            if n.saturated_at and n.started > n.saturated_at:
+                n.saturated_at = n.started  # it started this one at once with more running: room for them
         if flight.expected_ttft is not None:
             n.add_first_token(flight.expected_ttft, seen, now)
         # A first token that did not wait for a slot measures the node's

@@ -11,6 +11,7 @@ from service.routing.load_model import (
     FALLBACK_TOKEN_TIME,
     MAX_QUEUE_STEPS,
     MIN_PREFILL_SAMPLE,
+    QUEUE_EVIDENCE_STEPS,
     LoadModel,
     NodeLoad,
 )
@@ -165,6 +166,52 @@ def test_prefill_speed_is_measured_on_first_tokens_that_did_not_queue(clock):
     assert model.node("a").prefill_time == pytest.approx(0.001)
     e = model.expect("a", load=0, uncached=1000, out_tokens=10, default_token_time=0.01, now=clock() + 5)
     assert e.prefill == pytest.approx(1.0)
+
+
+def started_streams(model: LoadModel, node_id: str, count: int, now: float) -> None:
+    for ticket in range(100, 100 + count):
+        model.sent(ticket, node_id, out_tokens=500, stream=True, expected_ttft=0.02, prefill=0.0, queued=False,
+                   uncached=0.0, now=now)
+        model.answered(ticket, now)
+        model.first_token(ticket, now + 0.02)
+
+
+def test_a_first_token_that_waited_for_a_slot_shows_the_batch_was_full(clock):
+    # No report has shown a queue; nvllm's own streams show where the batch fills.
+    model = LoadModel()
+    n = model.node("a")
+    n.token_time = 0.01
+    started_streams(model, "a", 6, clock())
+    assert n.slots == 7  # one more than it was seen running
+    model.sent(1, "a", out_tokens=10, stream=True, expected_ttft=0.05, prefill=0.0, queued=False, uncached=0.0,
+               now=clock())
+    model.first_token(1, clock() + 0.05 + (QUEUE_EVIDENCE_STEPS + 1) * 0.01)
+    assert n.saturated_at == 6 and n.slots == 6
+
+
+def test_a_first_token_on_time_with_more_running_raises_the_slots(clock):
+    model = LoadModel()
+    n = model.node("a")
+    n.token_time = 0.01
+    n.saturated_at = 4  # a queue once formed at 4
+    started_streams(model, "a", 6, clock())
+    assert n.saturated_at == 6  # each started at once, one more running each time
+    model.sent(1, "a", out_tokens=10, stream=True, expected_ttft=0.05, prefill=0.0, queued=False, uncached=0.0,
+               now=clock())
+    model.first_token(1, clock() + 0.05 + (QUEUE_EVIDENCE_STEPS - 1) * 0.01)  # late, but not by a slot's wait
+    assert n.saturated_at == 7
+
+
+def test_a_node_not_measured_yet_gets_the_fleets_median_prefill(clock):
+    model = LoadModel()
+    for node_id, p in (("a", 0.001), ("b", 0.002), ("c", 0.004)):
+        model.node(node_id).prefill_time = p
+    median = model.default_prefill_time(["a", "b", "c", "new"])
+    assert median == pytest.approx(0.002)
+    e = model.expect("new", load=0, uncached=1000, out_tokens=10, default_token_time=0.05,
+                     default_prefill_time=median, now=clock())
+    assert e.prefill == pytest.approx(2.0)  # not 0.01 x 0.05 s x 1000 = 0.5 s, nor anything far from its peers
+    assert model.default_prefill_time(["new"]) is None
 
 
 def test_a_first_token_that_waited_for_a_slot_says_nothing_of_the_prefill(clock):
