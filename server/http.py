@@ -169,7 +169,7 @@ class NvllmServer(BaseApplication):
             # ($HOME/.gunicorn/gunicorn.ctl), which two instances would share.
             "control_socket_disable": True,
             "when_ready": lambda _arbiter: on_ready() if on_ready else None,
-            "post_fork": lambda _arbiter, _worker: _quiet_ssl_patch_warning(),
+            "post_fork": lambda _arbiter, _worker: _worker_booting(),
             "worker_exit": lambda _arbiter, worker: close_app(getattr(worker, "wsgi", None)),
             "child_exit": lambda _arbiter, worker: worker_gone(worker.pid),
         }
@@ -409,6 +409,16 @@ class NvllmGunicornLogger(glogging.Logger):
             if getattr(handler, "_gunicorn", False):
                 self.error_log.removeHandler(handler)
         self.error_log.propagate = True
+
+
+def _worker_booting() -> None:
+    """In a worker just forked. Until the worker installs its own handlers, a
+    SIGTERM would reach the arbiter's handler it inherited, which only queues
+    it for an arbiter that is not there: the worker would boot and serve on,
+    and the server's stop would wait out GRACEFUL_TIMEOUT for it. A worker
+    still booting holds no request, so it may just end."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _quiet_ssl_patch_warning()
 
 
 def _quiet_ssl_patch_warning() -> None:
