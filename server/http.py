@@ -422,15 +422,16 @@ def _worker_booting() -> None:
 
 
 def _quiet_ssl_patch_warning() -> None:
-    """`import redis` loads redis.asyncio, which takes names from ssl before
-    the gevent worker patches it. nvllm never uses redis.asyncio, so that one
+    """`import redis` loads redis.asyncio, and `import jwt` its JWKS client,
+    both of which take names from ssl before the gevent worker patches it.
+    nvllm uses neither (its tokens are signed with its own secret), so that
     warning is noise; any other module in the list still warns."""
     warnings.filterwarnings(
         "ignore",
         message=(
             r"(?s)Monkey-patching ssl after ssl has already been imported.*"
             r"Modules that had direct imports \(NOT patched\): "
-            r"\['redis\.asyncio\.connection \([^)]*\)'\]"
+            r"\[(?:'(?:redis\.asyncio\.connection|jwt\.jwks_client) \([^)]*\)'(?:, )?)+\]"
         ),
     )
 

@@ -59,6 +59,9 @@ def test_by_default_one_worker_per_usable_core(start_service):
     expected = min(usable_cpus(), 64)
     assert f"nvllm listening on {service.base_url} ({expected} worker{'s' if expected > 1 else ''})" in service.log()
     wait_for(lambda: len(worker_pids(service.process.pid)) == expected, 10, f"{expected} workers")
+    # Nothing alarming on the console of a plain start (gevent's patching
+    # warns of modules nvllm never uses).
+    assert "Warning" not in service.log()
 
 
 def worker_pids(arbiter: int) -> list[int]:
