@@ -97,6 +97,8 @@ def serve_gunicorn(settings: Settings, address: str, app_factory: Callable[[Sett
         if workers > 1:
             # The workers of this server find each other by it (service/siblings.py).
             os.environ[GROUP_ENV] = secrets.token_hex(6)
+        else:
+            os.environ.pop(GROUP_ENV, None)  # not one inherited from whatever started us
         NvllmServer(settings, app_factory=app_factory, on_ready=lambda: _announce(address, note)).run()
     except SystemExit as exc:  # gunicorn always leaves through sys.exit
         return _exit_code(exc)
