@@ -141,6 +141,9 @@ def start_nvllm(server: fakeredis.FakeServer, settings: Settings) -> Iterator[Ca
         redis = fakeredis.FakeRedis(server=server, decode_responses=True)
         app = create_app(settings.replace(**changes), redis_client=redis, clock=time.time)
         wsgi = make_server("127.0.0.1", 0, app, threaded=True)
+        # An accept that would block (a connection gone between the select and
+        # the accept) times out instead, so shutdown() can never hang the suite.
+        wsgi.socket.settimeout(1.0)
         thread = threading.Thread(target=wsgi.serve_forever, kwargs={"poll_interval": 0.05},
                                   name="nvllm-test-server", daemon=True)
         thread.start()
