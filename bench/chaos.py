@@ -296,11 +296,25 @@ class Load:
             answer.release_conn()
         if answer.status != 200:
             time.sleep(0.1)
-            reason = f"HTTP {answer.status}"
+            reason = f"HTTP {answer.status}: {error_message(text)}"
             return Outcome(instance, start, time.monotonic(), answer.status, False, False, node, reason)
         complete = b"data: [DONE]" in text
         reason = "" if complete else "cut"
         return Outcome(instance, start, time.monotonic(), 200, first, complete, node, reason)
+
+
+def error_message(body: bytes) -> str:
+    """The answer's error text (OpenAI's shape or the API envelope), short:
+    two 503s can mean different things."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:60].decode(errors="replace")
+    if not isinstance(data, dict):
+        return ""
+    error = data.get("error")
+    text = error.get("message") if isinstance(error, dict) else data.get("message")
+    return str(text or "")[:80]
 
 
 def report(name: str, load: Load, recovery: dict[str, float | None], notes: str = "") -> dict:

@@ -20,7 +20,7 @@ from typing import Protocol
 from dao.inflight import InflightStore
 from dao.node import NodeStore
 from model.errors import StorageUnavailable
-from model.node import Node
+from model.node import Node, NodeStatus
 from service.breaker import Breaker
 from service.netpolicy import NetworkPolicy
 from service.node_state import NodeState
@@ -51,6 +51,7 @@ class Fleet:
         netpolicy: NetworkPolicy | None = None,
         listener: ReportListener | None = None,
         instance_id: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._nodes = nodes
@@ -58,12 +59,14 @@ class Fleet:
         self._interval = refresh_interval
         self._eject_after = eject_after
         self._clock = clock
+        self._sleep = sleep
         self._health_check = health_check
         # Default: what nvllm allows when it listens on loopback.
         self.netpolicy = netpolicy or NetworkPolicy.from_settings(None, None, "127.0.0.1")
         self._states: dict[str, NodeState] = {}
         self._revs: dict[str, str] = {}  # node_id -> the rev its state was read at
         self._lock = threading.Lock()
+        self._on_demand = threading.Lock()  # refresh_now's callers queue here
         self._refreshed_at = 0.0
         self._attempted_at = 0.0
         self._storage_ok = True
@@ -95,6 +98,30 @@ class Fleet:
             for s in self.states()
             if s.node.routable(as_of) and s.address_ok and s.breaker.allows(now)
         ]
+
+    def why_not_routable(self, now: float | None = None) -> dict[str, str]:
+        """Why each known node is left out of routable() now (empty for a
+        routable one): what an operator needs beside a 503."""
+        now = self._clock() if now is None else now
+        as_of = now if self._storage_ok else self._refreshed_at
+        reasons: dict[str, str] = {}
+        for s in self.known():
+            node = s.node
+            if not node.alive(as_of):
+                why = f"no heartbeat for {as_of - node.update_time:.0f}s (timeout {node.timeout}s)"
+            elif node.node_status is not NodeStatus.ONLINE:
+                why = f"status {node.node_status.value}"
+            elif node.probe_failing:
+                why = "its /metrics poll fails"
+            elif not s.address_ok:
+                why = "address not allowed by the network policy"
+            elif not s.breaker.allows(now):
+                why = (f"ejected for {max(0.0, s.breaker.open_until - now):.1f}s more" if now < s.breaker.open_until
+                       else "ejected, a trial request running")
+            else:
+                why = ""
+            reasons[s.node_id] = why
+        return reasons
 
     def known(self) -> list[NodeState]:
         """Every node in the view, without starting the refresher."""
@@ -178,16 +205,27 @@ class Fleet:
 
     # --- refreshing from Redis ---
 
-    def refresh_if_older(self, seconds: float) -> bool:
-        """Refresh now unless the view (or the last attempt) is younger than
-        `seconds`; True when it refreshed."""
-        now = self._clock()
+    def refresh_now(self, spacing: float) -> bool:
+        """Make sure the view was read after this call began, so that a node
+        registered before it is seen: waits for a refresh started since (the
+        background one, or another caller's: concurrent callers share one),
+        and refreshes no sooner than `spacing` after the last attempt, so a
+        flood of requests for a model no node serves costs Redis at most one
+        read per `spacing`. True when the view is that fresh."""
+        since = self._clock()
         # With the store unreachable (or hung) a request must not wait on it;
         # the background refresher finds out when it is back.
-        if not self._storage_ok or now - max(self._refreshed_at, self._attempted_at) < seconds:
+        if not self._storage_ok:
             return False
-        self.refresh()
-        return True
+        with self._on_demand:
+            # _refreshed_at is when the last good read began.
+            if self._refreshed_at < since:
+                pause = self._attempted_at + spacing - self._clock()
+                if pause > 0:
+                    self._sleep(min(pause, spacing))
+                if self._refreshed_at < since:
+                    self.refresh()
+            return self._storage_ok and self._refreshed_at >= since
 
     def refresh(self) -> None:
         """Reload nodes and other instances' counts; publish ours. On a Redis

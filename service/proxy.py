@@ -41,7 +41,7 @@ FORWARD_REQUEST = frozenset({"content-type", "accept", "user-agent", "x-session-
 # node that cuts its body short cannot leave the client waiting for bytes.
 FORWARD_RESPONSE = frozenset({"content-type", "content-encoding", "cache-control", "retry-after", "x-request-id"})
 LOAD_HEADER = "endpoint-load-metrics"
-FRESH_ENOUGH = 0.1  # seconds: how stale the fleet view may be before a 503
+FRESH_ENOUGH = 0.1  # seconds between refreshes asked for by requests no node can take
 # What urllib3 would build from retries=False on every request: retrying is
 # the proxy's own (on another node), never urllib3's.
 NO_RETRIES = Retry(False, redirect=False)
@@ -183,17 +183,32 @@ class Proxy:
         self._tickets = itertools.count()
         self._on_done = on_done
         self.clock = clock  # the times every routing event carries
+        self._unroutable_logged_at = -1.0
 
     def select(self, request: RouteRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         """The node the policy picks now. Raises NoRoutableNode."""
         candidates = self._candidates(request, exclude)
-        if not candidates and not exclude and self.fleet.refresh_if_older(FRESH_ENOUGH):
-            # A node registered a moment ago should not get a 503 for want of
-            # a refresh; at most one such refresh per FRESH_ENOUGH seconds.
+        if not candidates and not exclude and self.fleet.refresh_now(FRESH_ENOUGH):
+            # A node registered before the request came must not get it a 503
+            # for want of a refresh (the view is up to half a second old).
             candidates = self._candidates(request, exclude)
         if not candidates:
+            self._log_unroutable(request, exclude)
             raise NoRoutableNode(request.model)
         return self.policy.choose(candidates, request, self.clock())
+
+    def _log_unroutable(self, request: RouteRequest, exclude: frozenset[str]) -> None:
+        # A retry with every other node tried: its attempts were logged. A
+        # flood of requests no node takes (a client's typo) logs once a second.
+        now = time.monotonic()
+        if exclude or now - self._unroutable_logged_at < 1.0:
+            return
+        self._unroutable_logged_at = now
+        reasons = self.fleet.why_not_routable()
+        if request.pinned_node:
+            reasons = {request.pinned_node: reasons.get(request.pinned_node) or "not in the fleet"}
+        about = ", ".join(f"{node_id}: {why or 'does not serve it'}" for node_id, why in sorted(reasons.items()))
+        log.warning("no routable node for model %r (%s)", request.model, about or "no node registered")
 
     def _candidates(self, request: RouteRequest, exclude: frozenset[str]) -> list[NodeState]:
         # A request naming a stored response may go only to the node holding it.

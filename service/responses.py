@@ -39,7 +39,7 @@ class ResponseAffinity:
                 response_id, "nvllm knows of no node holding it (it was not created through nvllm, "
                 "or longer ago than NVLLM_RESPONSE_TTL)")
         if fleet.get(node_id) is None:
-            fleet.refresh_if_older(FRESH_ENOUGH)
+            fleet.refresh_now(FRESH_ENOUGH)
         state = fleet.get(node_id)
         if state is None or state.node.effective_status(now) is NodeStatus.OFFLINE:
             raise ResponseNotFound(

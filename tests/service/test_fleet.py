@@ -364,3 +364,54 @@ def test_the_fleet_tells_routing_each_new_report_and_each_node_gone(make_fleet, 
     node_store.delete("n1")
     fleet.refresh()
     assert listener.forgotten == ["n1"]
+
+
+# --- a refresh asked for by a request ---
+
+
+@pytest.fixture
+def sleeps(clock) -> list[float]:
+    """Fake sleeps: recorded, and the clock moves on by them."""
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        clock.advance(seconds)
+
+    sleep.slept = slept
+    return sleep
+
+
+def test_refresh_now_sees_a_node_registered_just_after_the_last_refresh(node_store, make_fleet, clock, sleeps):
+    fleet = make_fleet(sleep=sleeps)
+    fleet.start()
+    clock.advance(0.03)
+    node_store.save(node(now=clock()))
+    assert fleet.routable() == []
+    # The last read is 30 ms old: the next is due 70 ms from now, and this
+    # caller waits for it rather than answer from a view older than itself.
+    assert fleet.refresh_now(0.1) is True
+    assert sleeps.slept == [0.07]
+    assert [s.node_id for s in fleet.routable()] == ["n1"]
+
+
+def test_refresh_now_reads_at_most_once_per_spacing(node_store, make_fleet, clock, sleeps):
+    fleet = make_fleet(sleep=sleeps)
+    fleet.refresh()
+    clock.advance(1)
+    assert fleet.refresh_now(0.1) is True  # the view is a second old: read at once
+    assert sleeps.slept == []
+    for _ in range(3):  # a flood of requests no node can take, 10 ms apart
+        clock.advance(0.01)
+        assert fleet.refresh_now(0.1) is True
+    assert sleeps.slept == [0.09, 0.09, 0.09]
+
+
+def test_refresh_now_never_waits_on_storage_known_down(server, node_store, make_fleet, clock, sleeps):
+    fleet = make_fleet(sleep=sleeps)
+    fleet.refresh()
+    server.connected = False
+    clock.advance(1)
+    fleet.refresh()
+    assert fleet.refresh_now(0.1) is False
+    assert sleeps.slept == []

@@ -72,9 +72,8 @@ def test_select_honours_exclude(node_store, fleet, clock):
         proxy.select(RouteRequest(), frozenset({"a", "b"}))
 
 
-def test_only_live_online_healthy_nodes_are_routable(node_store, fleet, clock):
-    now = clock()
-    save(node_store, "ok", now)
+def save_unroutable(node_store: NodeStore, fleet: Fleet, now: float) -> None:
+    """One node left out for each reason routable() has."""
     save(node_store, "draining", now, node_status=NodeStatus.DRAINING)
     save(node_store, "offline", now, node_status=NodeStatus.OFFLINE)
     save(node_store, "expired", now - 61, timeout=60)
@@ -83,6 +82,11 @@ def test_only_live_online_healthy_nodes_are_routable(node_store, fleet, clock):
     fleet.refresh()
     for _ in range(2):
         fleet.record_failure(fleet.get("ejected"), "HTTP 500")
+
+
+def test_only_live_online_healthy_nodes_are_routable(node_store, fleet, clock):
+    save(node_store, "ok", clock())
+    save_unroutable(node_store, fleet, clock())
     proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
     assert {s.node_id for s in fleet.routable()} == {"ok"}
     assert picks(proxy, None) == {"ok"}
@@ -105,3 +109,17 @@ def test_a_pinned_request_goes_only_to_its_node_and_fails_when_it_is_excluded(no
     assert {proxy.select(pinned).node_id for _ in range(20)} == {"b"}
     with pytest.raises(NoRoutableNode):
         proxy.select(pinned, frozenset({"b"}))  # never retried on another node
+
+
+def test_no_routable_node_logs_why_each_node_was_left_out_once_a_second(node_store, fleet, clock, caplog):
+    save(node_store, "m2-only", clock(), models=["m2"])
+    save_unroutable(node_store, fleet, clock())
+    proxy = Proxy(fleet, RandomPolicy(), UpstreamConfig())
+    with caplog.at_level("WARNING", logger="nvllm.proxy"):
+        for _ in range(3):
+            with pytest.raises(NoRoutableNode):
+                proxy.select(RouteRequest(model="m1"))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nvllm.proxy"]
+    assert line == ("no routable node for model 'm1' (draining: status draining, ejected: ejected for 1.0s more, "
+                    "expired: no heartbeat for 61s (timeout 60s), m2-only: does not serve it, "
+                    "offline: status offline, probe-failing: its /metrics poll fails)")
