@@ -94,21 +94,23 @@ class LoadPolicy(Policy):
     def estimates(self, candidates: Sequence[NodeState], request: RouteRequest, now: float,
                   affine: str | None = None, depth: int = 0, continues: bytes | None = None) -> dict[str, Estimate]:
         """Expected seconds to first token and to the end, per candidate."""
-        default = self.model.default_token_time(s.node_id for s in candidates)
-        default_prefill = self.model.default_prefill_time(s.node_id for s in candidates)
-        prompt = request.prompt_tokens
+        ids = [s.node_id for s in candidates]
+        default = self.model.default_token_time(ids)
+        default_prefill = self.model.default_prefill_time(ids)
+        prompt, out_tokens = request.prompt_tokens, request.out_tokens
         cached = depth * BLOCK_CHARS / CHARS_PER_TOKEN
+        resident = self.conversations.residents(now) if continues is None else None
         found = {}
-        for s in candidates:
-            uncached = max(0.0, prompt - (cached if s.node_id == affine else 0.0))
+        for node_id, s in zip(ids, candidates, strict=True):
+            uncached = max(0.0, prompt - (cached if node_id == affine else 0.0))
             load = s.load
-            if continues is None:
-                load = max(load, self.conversations.resident(s.node_id, now))
-            e = self.model.expect(s.node_id, load=load, uncached=uncached, out_tokens=request.out_tokens,
+            if resident is not None:
+                load = max(load, resident[node_id])
+            e = self.model.expect(node_id, load=load, uncached=uncached, out_tokens=out_tokens,
                                   default_token_time=default, default_prefill_time=default_prefill, now=now)
             kv_penalty = 1.0 + 10.0 * max(0.0, (s.kv_usage or 0.0) - 0.9)
-            cost = (e.ttft * (1 + TTFT_WEIGHT) + e.token_time * request.out_tokens) * kv_penalty
-            found[s.node_id] = Estimate(ttft=e.ttft, end=e.end, prefill=e.prefill, cost=cost, queued=e.queued)
+            cost = (e.ttft * (1 + TTFT_WEIGHT) + e.token_time * out_tokens) * kv_penalty
+            found[node_id] = Estimate(ttft=e.ttft, end=e.end, prefill=e.prefill, cost=cost, queued=e.queued)
         return found
 
     def choose(self, candidates: Sequence[NodeState], request: RouteRequest, now: float) -> Decision:

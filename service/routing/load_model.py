@@ -13,10 +13,12 @@ tests drive the model with a fake clock and scripted events.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Neutral fallbacks, each replaced by what the node shows:
 # - seconds per generated token, until any node was measured (then the fleet's median);
@@ -36,6 +38,13 @@ MIN_PREFILL_SAMPLE = 64  # prompt tokens: shorter prompts say more about a step 
 # a full batch's slots frees only as its shortest answer ends.
 QUEUE_EVIDENCE_STEPS = 8
 MEAN_OUT_WEIGHT = 0.05
+# The projected ends of a node's running requests are kept in order, and
+# recomputed from their progress at most this often (and when the node's
+# token time moves by more than ENDS_RETIME): between, a request that keeps
+# the node's pace ends when projected, so a decision reads the first few
+# instead of walking all of them.
+ENDS_REBUILD_AFTER = 0.1  # seconds
+ENDS_RETIME = 0.05  # relative change of the token time
 
 
 @dataclass
@@ -57,14 +66,16 @@ class Flight:
     last_at: float = 0.0  # when the last of them came
     tokens_at_first: int = 0
 
-    def tokens_left(self, now: float, token_time: float) -> float:
+    end_key: tuple[float, int] | None = None  # its place in NodeLoad.ends, once it holds a slot
+
+    def projected_end(self, token_time: float) -> float:
+        """When its slot frees if the node keeps its pace: its max_tokens less
+        what was streamed, from the last token (a whole answer: generating
+        since it was taken). An upper bound: an answer may stop early."""
         if self.tokens:
-            done = float(self.tokens)
-        elif self.first_at is not None:  # a whole answer: assumed generating since it started
-            done = (now - self.first_at) / token_time
-        else:
-            done = 0.0
-        return max(0.0, self.out_tokens - done)
+            return self.last_at + (self.out_tokens - self.tokens) * token_time
+        assert self.first_at is not None
+        return self.first_at + self.out_tokens * token_time
 
 
 @dataclass
@@ -85,6 +96,11 @@ class NodeLoad:
     # negative: sooner), and when last measured.
     ttft_error: float = 0.0
     ttft_error_at: float = 0.0
+    # (projected end, ticket) of each of ours holding a slot, in order, and
+    # the token time and the moment they were computed at.
+    ends: list[tuple[float, int]] = field(default_factory=list)
+    ends_token_time: float | None = None
+    ends_at: float = 0.0
 
     @property
     def slots(self) -> int:
@@ -138,6 +154,34 @@ class NodeLoad:
         self.prefill_time = seconds_per_token if self.prefill_time is None else self.prefill_time + EWMA_WEIGHT * (
             seconds_per_token - self.prefill_time)
 
+    def holds_slot(self, ticket: int, flight: Flight) -> None:
+        """Its first token came (a whole answer: the node took it)."""
+        if flight.end_key is None:
+            t = self.ends_token_time or self.token_time or FALLBACK_TOKEN_TIME
+            flight.end_key = (flight.projected_end(t), ticket)
+            bisect.insort(self.ends, flight.end_key)
+
+    def frees_slot(self, flight: Flight) -> None:
+        if flight.end_key is not None:
+            i = bisect.bisect_left(self.ends, flight.end_key)
+            if i < len(self.ends) and self.ends[i] == flight.end_key:
+                del self.ends[i]
+            flight.end_key = None
+
+    def first_ends(self, now: float, token_time: float, count: int) -> list[float]:
+        """Seconds until each of the `count` first of ours to end frees its
+        slot, soonest first."""
+        if (self.ends_token_time is None or abs(token_time - self.ends_token_time) > ENDS_RETIME * token_time
+                or now - self.ends_at > ENDS_REBUILD_AFTER):
+            self.ends = []
+            for ticket, f in self.flights.items():
+                if f.end_key is not None:
+                    f.end_key = (f.projected_end(token_time), ticket)
+                    self.ends.append(f.end_key)
+            self.ends.sort()
+            self.ends_token_time, self.ends_at = token_time, now
+        return [end - now if end > now else 0.0 for end, _ in self.ends[:count]]
+
     def slot_wait(self, now: float, token_time: float, mean_out: float, load: int) -> float:
         """Seconds until a batch slot frees for one more request; 0 while one
         is free. A request holds its slot until its last token: ours for their
@@ -160,23 +204,21 @@ class NodeLoad:
             return 0.0
         if ahead > MAX_QUEUE_STEPS:  # a long queue: which slot frees first hardly matters
             return ahead * mean_out * token_time / slots
-        # Flight.tokens_left, inlined: this loop is most of a decision's cost.
-        started = []
-        for f in self.flights.values():
-            if f.first_at is not None:
-                left = f.out_tokens - (f.tokens or (now - f.first_at) / token_time)
-                started.append(left * token_time if left > 0 else 0.0)
-        unknown = max(0, slots - len(started))  # spread evenly over an average answer
-        releases = started + [mean_out * token_time * (i + 1) / (unknown + 1) for i in range(unknown)]
         # Only the `ahead` first to free can be taken before this request's turn.
-        releases = heapq.nsmallest(ahead, releases)
+        ours = self.first_ends(now, token_time, ahead)
+        unknown = max(0, slots - len(self.ends))  # spread evenly over an average answer
+        others = [mean_out * token_time * (i + 1) / (unknown + 1) for i in range(min(unknown, ahead))]
+        releases = sorted(ours + others)[:ahead]  # sorted: a heap
+        hold = mean_out * token_time
+        if len(releases) == ahead and releases[-1] <= releases[0] + hold:
+            # No slot frees twice before the last of these frees once: that one is ours.
+            return releases[-1]
         for _ in range(ahead - 1):
-            heapq.heapreplace(releases, releases[0] + mean_out * token_time)
+            heapq.heapreplace(releases, releases[0] + hold)
         return releases[0]
 
 
-@dataclass(frozen=True)
-class Expected:
+class Expected(NamedTuple):  # a tuple: one is made per candidate per decision
     """When a request sent to a node now would start and end, and why."""
 
     ttft: float
@@ -260,6 +302,7 @@ class LoadModel:
             n.add_prefill(flight.prefill, now)
         if not flight.stream:  # a whole answer: assumed generating since the node took it
             flight.first_at = flight.sent_at
+            n.holds_slot(ticket, flight)
 
     def first_token(self, ticket: int, now: float) -> None:
         """Tokens relayed by now (see `progress`) count as the first."""
@@ -270,6 +313,7 @@ class LoadModel:
         flight.tokens_at_first = flight.tokens
         n = self.node(flight.node_id)
         n.starting.pop(ticket, None)
+        n.holds_slot(ticket, flight)
         seen = now - flight.sent_at
         step = n.token_time or 0.0
         if (flight.expected_ttft is not None and not flight.queued and step
@@ -302,6 +346,7 @@ class LoadModel:
         reasons that say nothing of the node's speed."""
         flight = self._flights.get(ticket)
         if flight is not None:
+            self.node(flight.node_id).frees_slot(flight)
             flight.first_at = None
             flight.tokens = flight.tokens_at_first = 0
 
@@ -314,6 +359,7 @@ class LoadModel:
             return
         n.flights.pop(ticket, None)
         n.starting.pop(ticket, None)
+        n.frees_slot(flight)
         # Per-token time from the tokens after the first: the first waited for
         # the prefill.
         generated = flight.tokens - flight.tokens_at_first

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.node_state import NodeState
 from service.routing.request import RouteRequest
 
 
-@dataclass(frozen=True)
-class Estimate:
+class Estimate(NamedTuple):  # a tuple: one is made per candidate per decision
     ttft: float  # seconds until the first token
     end: float  # seconds until the last token
     prefill: float  # seconds of the node's prefill this request adds

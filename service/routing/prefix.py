@@ -79,8 +79,12 @@ class Conversations:
         return None
 
     def resident(self, node_id: str, now: float) -> int:
+        return self.residents(now)[node_id]
+
+    def residents(self, now: float) -> Counter[str]:
+        """Conversations resident now, by node (read-only)."""
         self._expire(now)
-        return self._resident[node_id]
+        return self._resident
 
     def record(self, node_id: str, blocks: list[bytes], continues: bytes | None, now: float,
                shared: bool = False) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from service.routing.load import LoadPolicy
 from service.routing.load_model import (
+    ENDS_REBUILD_AFTER,
     FALLBACK_PREFILL_STEPS,
     FALLBACK_TOKEN_TIME,
     MAX_QUEUE_STEPS,
@@ -84,8 +85,30 @@ def test_a_full_node_frees_a_slot_when_its_shortest_answer_ends(clock):
     assert n.slot_wait(clock(), 0.01, 100, node.load) == pytest.approx(0.10)
     policy.done(tickets[-1], clock())
     node.local_inflight -= 1
-    streaming(policy, node, clock(), (200, 10))  # it ended; its successor has 190 left, like the others
-    assert n.slot_wait(clock(), 0.01, 100, node.load) == pytest.approx(1.90)
+    # It ended; its successor has 190 left, like the others. The projected
+    # ends are recomputed from the streams' progress after ENDS_REBUILD_AFTER.
+    later = ENDS_REBUILD_AFTER + 0.01
+    clock.advance(later)
+    streaming(policy, node, clock(), (200, 10))
+    assert n.slot_wait(clock(), 0.01, 100, node.load) == pytest.approx(1.90 - later)
+
+
+def test_between_recomputations_a_stream_keeping_the_pace_ends_when_projected(clock):
+    policy = LoadPolicy()
+    node = state("a")
+    n = full(policy, "a", 2)
+    first, _ = streaming(policy, node, clock(), (100, 10), (100, 50))  # 0.9 s and 0.5 s left at 10 ms a token
+    assert n.slot_wait(clock(), 0.01, 100, node.load) == pytest.approx(0.5)
+    clock.advance(0.05)
+    policy.progress(first, 15, clock())  # five more tokens in 50 ms: on time, its end stays
+    assert n.slot_wait(clock(), 0.01, 100, node.load) == pytest.approx(0.45)
+    assert n.slot_wait(clock(), 0.01, 100, node.load + 1) == pytest.approx(0.85)  # the second to free
+    policy.done(first, clock())
+    node.local_inflight -= 1
+    # One slot of two is ours: the other is spread over an average answer.
+    assert n.slot_wait(clock(), 0.01, 100, node.load + 1) == pytest.approx(min(0.45, 1.0 / 2))
+    # A new token time: every projection is recomputed with it.
+    assert n.slot_wait(clock(), 0.02, 100, node.load + 1) == pytest.approx(min(50 * 0.02 - 0.05, 2.0 / 2))
 
 
 def test_queued_requests_ahead_take_the_first_slots_to_free(clock):
@@ -284,3 +307,37 @@ def test_a_node_gone_from_the_fleet_is_forgotten():
     model.forget("a")
     model.done(1, 1.0)  # a late end of a forgotten node's request is harmless
     assert "a" not in model.nodes
+
+
+def test_the_slot_wait_equals_a_full_simulation_of_every_release(clock):
+    """What slot_wait reads (the first ends in order, a shortcut when no
+    slot frees twice) against the plain simulation: every release of every
+    slot, the queue ahead taking them one by one."""
+    import heapq
+    import random
+
+    rng = random.Random(7)
+    for case in range(300):
+        policy = LoadPolicy()
+        node = state(f"n{case}")
+        slots = rng.randint(1, 40)
+        n = full(policy, node.node_id, slots)
+        answers = [(rng.randint(20, 400), 0) for _ in range(rng.randint(0, slots))]
+        answers = [(out, rng.randint(1, out)) for out, _ in answers]
+        streaming(policy, node, clock(), *answers)
+        t, mean_out = rng.choice([0.005, 0.01, 0.03]), rng.choice([30.0, 100.0, 400.0])
+        load = node.load + rng.randint(0, 70)
+        ends = sorted(max(0.0, f.projected_end(t) - clock()) for f in n.flights.values() if f.first_at is not None)
+        unknown = max(0, slots - len(ends))
+        releases = ends + [mean_out * t * (i + 1) / (unknown + 1) for i in range(unknown)]
+        ahead = load + 1 - slots
+        if ahead <= 0:
+            expected = 0.0
+        elif ahead > MAX_QUEUE_STEPS:
+            expected = ahead * mean_out * t / slots
+        else:
+            heapq.heapify(releases)
+            for _ in range(ahead - 1):
+                heapq.heapreplace(releases, releases[0] + mean_out * t)
+            expected = releases[0]
+        assert n.slot_wait(clock(), t, mean_out, load) == pytest.approx(expected), case
